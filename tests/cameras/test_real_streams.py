@@ -1,0 +1,298 @@
+"""CameraRunner against real sources: gst-rtsp-server in a subprocess, video files written with cv2, demo://.
+
+Real time (no MockClock) with small watchdog/back-off options. Measured figures are printed (run with -s).
+RTSP tests skip, with the reason, when Debian's /usr/bin/python3 cannot import gi.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import trio
+
+from edgebox.cameras import (
+    CameraOptions,
+    CameraRunner,
+    CameraState,
+    CapturedFrame,
+    StreamError,
+    open_source,
+    parse_camera_options,
+)
+from tests.support.fixtures import SECURE_PASSWORD, SECURE_USER
+from tests.support.rtsp import INSTALL_HINT, RtspServer, free_port, gi_rtsp_available
+
+_GI_OK, _GI_REASON = gi_rtsp_available()
+_SKIP_RTSP = pytest.mark.skipif(
+    not _GI_OK, reason=f"real RTSP server unavailable ({_GI_REASON}); install with: {INSTALL_HINT}"
+)
+
+
+def needs_rtsp_server(test):
+    """Marks a test `rtsp` (the project marker) and skips it, with the reason, when gi cannot be imported."""
+    return pytest.mark.rtsp(_SKIP_RTSP(test))
+
+QUICK = parse_camera_options({"fps": "4", "watchdog_s": "2", "open_timeout_s": "3", "max_backoff_s": "1"})
+
+
+class Transitions(logging.Handler):
+    """Records (trio time, from, to) for every state change the runner logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: list[tuple[float, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = re.match(r"camera \S+: (\w+) -> (\w+)", record.getMessage())
+        if match:
+            self.seen.append((trio.current_time(), *match.groups()))
+
+    def first(self, to: str, after: float = -math.inf) -> float | None:
+        return next((t for t, _, state in self.seen if state == to and t >= after), None)
+
+
+@pytest.fixture
+def transitions():
+    handler = Transitions()
+    logger = logging.getLogger("edgebox.cameras")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+async def wait_for(runner: CameraRunner, *states: CameraState, timeout: float) -> float:
+    """Seconds until the runner is in one of `states`; fails the test after `timeout`."""
+    start = trio.current_time()
+    with trio.move_on_after(timeout):
+        while runner.status.state not in states:
+            await trio.sleep(0.02)
+        return trio.current_time() - start
+    pytest.fail(f"camera not {'/'.join(s.name for s in states)} within {timeout} s: {runner.status}")
+
+
+@needs_rtsp_server
+async def test_ball_stream_reaches_streaming_and_samples_at_fps(rtsp_server: RtspServer):
+    sampled: list[CapturedFrame] = []
+    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, sampled.append)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        opened = await wait_for(runner, CameraState.STREAMING, timeout=8)
+        before_in, before_sampled = runner.status.frames_in, len(sampled)
+        await trio.sleep(3)
+        status = runner.status
+        nursery.cancel_scope.cancel()
+    frames_in, frames_sampled = status.frames_in - before_in, len(sampled) - before_sampled
+    print(f"\nRTSP open to first frame: {opened:.2f} s; in 3 s: {frames_in} frames in, {frames_sampled} sampled, "
+          f"fps_in {status.fps_in:.1f}")
+    assert status.resolution == "640x360" and status.error is StreamError.NONE
+    assert 20 <= frames_in <= 40  # the server sends 10 fps
+    assert 9 <= frames_sampled <= 14  # fps=4 over 3 s
+    assert 7 <= status.fps_in <= 13
+    assert sampled[0].seq == 1 and sampled[0].image.shape == (360, 640, 3) and sampled[0].image.dtype == np.uint8
+
+
+@needs_rtsp_server
+async def test_killed_server_reconnects_and_streams_again_after_restart(rtsp_server: RtspServer, transitions):
+    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, lambda frame: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        await wait_for(runner, CameraState.STREAMING, timeout=8)
+        rtsp_server.kill()
+        noticed = await wait_for(runner, CameraState.RECONNECTING, timeout=4)
+        assert runner.status.error in (StreamError.SOURCE_ENDED, StreamError.REFUSED)
+        await trio.sleep(1.5)  # a few refused retries at the 1 s cap
+        assert runner.status.error is StreamError.REFUSED and runner.status.fps_in == 0
+        await trio.to_thread.run_sync(rtsp_server.restart)
+        recovered = await wait_for(runner, CameraState.STREAMING, timeout=8)
+        reconnects = runner.status.reconnects
+        nursery.cancel_scope.cancel()
+    print(f"\nserver killed: RECONNECTING after {noticed:.2f} s; restarted: STREAMING again {recovered:.2f} s after "
+          f"the server was READY ({reconnects} reopen attempts)")
+    assert reconnects >= 2
+
+
+@needs_rtsp_server
+async def test_frozen_server_is_stalled_within_the_watchdog_and_no_stale_frame_is_delivered(
+        rtsp_server: RtspServer, transitions):
+    sampled: list[CapturedFrame] = []
+    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, sampled.append)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        await wait_for(runner, CameraState.STREAMING, timeout=8)
+        await trio.sleep(0.5)
+        rtsp_server.freeze()
+        frozen_at = trio.current_time()
+        await wait_for(runner, CameraState.RECONNECTING, timeout=QUICK.watchdog_s + 5)
+        stalled_at = transitions.first("STALLED", after=frozen_at)
+        closed_at = transitions.first("RECONNECTING", after=frozen_at)
+        await trio.sleep(QUICK.open_timeout_s + 3)  # reopen attempts against the frozen server time out
+        error_while_frozen = runner.status.error
+        late = [f for f in sampled if f.captured_mono > frozen_at + 0.5]  # 0.5 s: frames already in flight
+        rtsp_server.thaw()
+        thawed_at = trio.current_time()
+        await wait_for(runner, CameraState.STREAMING, timeout=12)
+        recovered = trio.current_time() - thawed_at
+        nursery.cancel_scope.cancel()
+    assert stalled_at is not None and closed_at is not None
+    print(f"\nserver frozen: STALLED after {stalled_at - frozen_at:.2f} s (watchdog {QUICK.watchdog_s:g} s), source "
+          f"closed {closed_at - stalled_at:.2f} s later; error while frozen {error_while_frozen.name}; "
+          f"STREAMING {recovered:.2f} s after thaw")
+    assert stalled_at - frozen_at <= QUICK.watchdog_s + 0.5
+    assert late == []  # cv2 would have handed back the last frame again after its read timeout
+    assert error_while_frozen is StreamError.TIMEOUT
+
+
+@needs_rtsp_server
+async def test_unknown_mount_is_failed_not_found(rtsp_server: RtspServer):
+    runner = CameraRunner("nope", rtsp_server.url("/no-such-mount"), QUICK, lambda frame: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        took = await wait_for(runner, CameraState.FAILED, timeout=5)
+        status = runner.status
+        nursery.cancel_scope.cancel()
+    print(f"\nunknown mount classified in {took:.3f} s: {status.last_error}")
+    assert status.error is StreamError.NOT_FOUND and "404" in status.last_error
+
+
+@needs_rtsp_server
+async def test_credentials_missing_or_wrong_are_unauthorized_and_never_shown(rtsp_server: RtspServer, caplog):
+    caplog.set_level(logging.DEBUG, logger="edgebox.cameras")
+    url_bad = rtsp_server.url("/secure", user=SECURE_USER, password="wrong-pass-123")
+    results = {}
+    async with trio.open_nursery() as nursery:
+        for name, url in (("none", rtsp_server.url("/secure")), ("bad", url_bad),
+                          ("good", rtsp_server.url("/secure", user=SECURE_USER, password=SECURE_PASSWORD))):
+            runner = CameraRunner(name, url, QUICK, lambda frame: None)
+            await nursery.start(runner.run)
+            results[name] = runner
+        await wait_for(results["none"], CameraState.FAILED, timeout=5)
+        await wait_for(results["bad"], CameraState.FAILED, timeout=5)
+        await wait_for(results["good"], CameraState.STREAMING, timeout=8)
+        nursery.cancel_scope.cancel()
+    assert results["none"].status.error is StreamError.UNAUTHORIZED
+    assert "needs credentials" in results["none"].status.last_error
+    assert results["bad"].status.error is StreamError.UNAUTHORIZED
+    assert "rejected" in results["bad"].status.last_error
+    assert "wrong-pass-123" not in caplog.text and SECURE_PASSWORD not in caplog.text
+    assert "wrong-pass-123" not in results["bad"].status.last_error
+
+
+async def test_refused_port_is_reconnecting_refused():
+    runner = CameraRunner("gone", f"rtsp://127.0.0.1:{free_port()}/ball", QUICK, lambda frame: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        await wait_for(runner, CameraState.RECONNECTING, timeout=5)
+        status = runner.status
+        nursery.cancel_scope.cancel()
+    assert status.error is StreamError.REFUSED and "connection refused" in status.last_error
+
+
+@needs_rtsp_server
+async def test_udp_and_tcp_cameras_open_side_by_side(rtsp_server: RtspServer):
+    # UDP needs a different OPENCV_FFMPEG_CAPTURE_OPTIONS at open time; concurrent opens must not mix them up.
+    runners = []
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        for i, transport in enumerate(["udp", "tcp", "udp", "tcp"]):
+            options = parse_camera_options({"transport": transport, "watchdog_s": "2", "open_timeout_s": "3"})
+            runner = CameraRunner(f"{transport}{i}", rtsp_server.url("/ball"), options, lambda frame: None)
+            await nursery.start(runner.run)
+            runners.append(runner)
+        for runner in runners:
+            await wait_for(runner, CameraState.STREAMING, timeout=10)
+        all_streaming = trio.current_time() - start
+        await trio.sleep(1)
+        frames = [runner.status.frames_in for runner in runners]
+        nursery.cancel_scope.cancel()
+    print(f"\n2 UDP + 2 TCP cameras all STREAMING {all_streaming:.2f} s after start; frames {frames}")
+    assert min(frames) >= 5 and all(r.status.reconnects == 0 for r in runners)
+
+
+@needs_rtsp_server
+async def test_cancelling_a_camera_during_a_hung_open_returns_at_once(rtsp_server: RtspServer):
+    rtsp_server.freeze()  # the TCP connect completes in the kernel backlog, DESCRIBE is never answered
+    runner = CameraRunner("hung", rtsp_server.url("/ball"), QUICK, lambda frame: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        await trio.sleep(0.5)
+        assert runner.status.state is CameraState.CONNECTING
+        cancelled_at = trio.current_time()
+        nursery.cancel_scope.cancel()
+    took = trio.current_time() - cancelled_at
+    print(f"\ncancel during a hung open returned in {took:.3f} s")
+    assert took < 0.5  # the open's worker thread releases its capture itself when the connect gives up
+
+
+def write_clip(path: Path, frames: int = 20, fps: float = 10.0) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (160, 120))
+    assert writer.isOpened()
+    for i in range(frames):
+        image = np.zeros((120, 160, 3), np.uint8)
+        cv2.putText(image, str(i), (40, 80), cv2.FONT_HERSHEY_SIMPLEX, 2, (255, 255, 255), 3)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+async def test_file_source_plays_at_its_rate_then_ends_and_replays(tmp_path: Path, transitions):
+    clip = write_clip(tmp_path / "clip.avi")  # 20 frames at 10 fps = 2 s
+    options = CameraOptions(fps=10, watchdog_s=2, open_timeout_s=3, max_backoff_s=1)
+    sampled: list[CapturedFrame] = []
+    runner = CameraRunner("clip", str(clip), options, sampled.append)
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        await nursery.start(runner.run)
+        await wait_for(runner, CameraState.RECONNECTING, timeout=6)
+        ended = trio.current_time() - start
+        status = runner.status
+        await wait_for(runner, CameraState.STREAMING, timeout=3)  # played again after the back-off
+        nursery.cancel_scope.cancel()
+    print(f"\n20-frame 10 fps clip ended after {ended:.2f} s")
+    assert status.error is StreamError.SOURCE_ENDED and status.frames_in == 20 and status.resolution == "160x120"
+    assert 1.5 <= ended <= 4  # paced at the file's own rate, not decoded as fast as possible
+    assert 15 <= len([f for f in sampled if f.captured_mono <= start + ended]) <= 20
+
+
+@pytest.mark.parametrize(("content", "error"), [(None, StreamError.NOT_FOUND),
+                                                (b"this is not a video\n" * 50, StreamError.UNSUPPORTED_CODEC)])
+async def test_bad_file_is_failed_with_the_reason(tmp_path: Path, content, error):
+    path = tmp_path / "video.mp4"
+    if content is not None:
+        path.write_bytes(content)
+    runner = CameraRunner("file", f"file://{path}", QUICK, lambda frame: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        await wait_for(runner, CameraState.FAILED, timeout=5)
+        status = runner.status
+        nursery.cancel_scope.cancel()
+    assert status.error is error
+
+
+async def test_demo_person_yields_moving_frames():
+    sampled: list[CapturedFrame] = []
+    runner = CameraRunner("demo", "demo://person", CameraOptions(fps=5), sampled.append)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert runner.status.resolution == "640x360" and 8 <= len(sampled) <= 12
+    assert not np.array_equal(sampled[0].image, sampled[-1].image)  # the person moves
+
+
+async def test_cancel_during_a_read_waits_for_the_capture_release(tmp_path: Path):
+    source = open_source(str(write_clip(tmp_path / "c.avi")), QUICK)
+    await source.open()
+    await source.read()
+    with trio.move_on_after(0.01):
+        await source.read()  # cancelled while paced or while the worker thread reads
+    await source.aclose()
+    await source.aclose()  # idempotent
