@@ -1,0 +1,1 @@
+"""Inference: hardware detection, backends (onnxruntime, OpenVINO) and the batching scheduler."""

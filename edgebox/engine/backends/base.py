@@ -1,0 +1,35 @@
+"""What a loaded model looks like to the scheduler, whatever backend runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+OOM_MARKERS = ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation", "bad_alloc")
+
+
+@dataclass
+class LoadedModel:
+    """A compiled model: `run` takes a batch (axis 0) and returns every output with the same batch axis."""
+
+    backend: str  # e.g. "openvino-cpu"
+    device: str  # what is really in use, e.g. "CPU (Intel Xeon)" or "CUDA:0"
+    run: Callable[[np.ndarray], Sequence[np.ndarray]]
+    # False when the model only accepts batch 1; the scheduler then runs batch items one by one.
+    supports_batch: bool = True
+    # Set only by wrappers that run on trio directly (the fault-injecting test wrapper); real backends use threads.
+    run_async: Callable[[np.ndarray], Awaitable[Sequence[np.ndarray]]] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} ({self.device})"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Backends report OOM as generic runtime errors; recognise them by their text."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in OOM_MARKERS)

@@ -1,0 +1,1 @@
+"""Workflows: declarative specs, their validation, alarm rules, and the runtime that applies them to frames."""

@@ -1,0 +1,128 @@
+"""A loaded workflow: its plugins bound to scheduler queues, applied to one frame at a time.
+
+`WorkflowRuntime.evaluate` runs every plugin on a frame (model plugins through the batching scheduler), keeps
+going when one plugin fails, filters by zones and decides NORMAL/ALARM with the source's state. It produces a
+`FrameVerdict`; turning that into a published result is the caller's job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import trio
+
+from edgebox.engine.models import ModelPool
+from edgebox.engine.scheduler import FrameDropped, ModelQueue
+from edgebox.errors import EdgeboxError, InvalidRequest
+from edgebox.plugin_api import Detection, Plugin
+from edgebox.plugins_loader import PluginRegistry
+from edgebox.workflows.rules import AlarmState, evaluate_alarm, filter_detections
+from edgebox.workflows.spec import WorkflowSpec
+
+log = logging.getLogger("edgebox.workflows")
+
+
+@dataclass
+class SourceState:
+    """What a workflow remembers about one source (camera or stream) between frames."""
+
+    plugin_states: dict[str, Any] = field(default_factory=dict)
+    alarm: AlarmState = field(default_factory=AlarmState)
+
+
+@dataclass(frozen=True)
+class FrameVerdict:
+    detections: list[Detection]
+    alarm: bool
+    width: int
+    height: int
+    plugin_errors: Mapping[str, str]
+    # The error of the first failed plugin, kept so that a single-plugin RPC can return its code.
+    first_error: EdgeboxError | None = None
+
+    def to_json(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {"detections": [d.to_json() for d in self.detections],
+                                "width": self.width, "height": self.height}
+        if self.plugin_errors:
+            data["errors"] = dict(self.plugin_errors)
+        if extra:
+            data.update(extra)
+        return data
+
+
+class WorkflowRuntime:
+    def __init__(self, spec: WorkflowSpec, version: int, plugins: list[Plugin],
+                 queues: Mapping[str, ModelQueue | None]) -> None:
+        self.spec = spec
+        self.version = version
+        self.plugins = plugins
+        self._queues = queues
+        self._params = {p.name: spec.plugin_params(p.name) for p in plugins}
+
+    @property
+    def backends(self) -> list[str]:
+        return sorted({q.model.backend for q in self._queues.values() if q is not None})
+
+    @classmethod
+    async def load(cls, spec: WorkflowSpec, version: int, registry: PluginRegistry,
+                   pool: ModelPool) -> WorkflowRuntime:
+        """Resolve plugins and load their models; raises PLUGIN_LOAD_FAILED / BACKEND_INIT_FAILED / INVALID."""
+        plugins = [registry.get(name) for name in spec.plugins]
+        for plugin in plugins:
+            validate = getattr(plugin, "validate_params", None)
+            if validate is not None:
+                try:
+                    validate(spec.plugin_params(plugin.name))
+                except ValueError as exc:
+                    raise InvalidRequest(f"workflow field params ({plugin.name}): {exc}") from None
+        queues: dict[str, ModelQueue | None] = {}
+        for plugin in plugins:
+            queues[plugin.name] = await pool.queue_for(plugin, spec.backend) if plugin.model else None
+        return cls(spec, version, plugins, queues)
+
+    def new_source_state(self) -> SourceState:
+        return SourceState({p.name: p.new_state() for p in self.plugins})
+
+    async def evaluate(self, image: np.ndarray, state: SourceState, *, now_ms: int,
+                       droppable: bool) -> FrameVerdict:
+        """Run every plugin on `image`; FrameDropped propagates (the frame is skipped, not failed)."""
+        height, width = image.shape[:2]
+        detections: list[Detection] = []
+        errors: dict[str, str] = {}
+        first_error: EdgeboxError | None = None
+        for plugin in self.plugins:
+            try:
+                detections.extend(await self._run_plugin(plugin, image, state, droppable))
+            except FrameDropped:
+                raise
+            except EdgeboxError as exc:
+                errors[plugin.name] = exc.client_message()
+                first_error = first_error or exc
+            except Exception as exc:  # a plugin bug fails only its own part of the result
+                log.exception("plugin %s raised on a frame", plugin.name)
+                errors[plugin.name] = f"{type(exc).__name__}: {exc}"
+                first_error = first_error or _plugin_crash(plugin, exc)
+        kept = filter_detections(self.spec, detections, width, height)
+        alarm = evaluate_alarm(self.spec, kept, state.alarm, now_ms)
+        return FrameVerdict(kept, alarm, width, height, errors, first_error)
+
+    async def _run_plugin(self, plugin: Plugin, image: np.ndarray, state: SourceState,
+                          droppable: bool) -> list[Detection]:
+        params = self._params[plugin.name]
+        queue = self._queues[plugin.name]
+        if queue is None:
+            plugin_state = state.plugin_states.get(plugin.name)
+            return await trio.to_thread.run_sync(plugin.process, image, plugin_state, params)
+        tensor, context = await trio.to_thread.run_sync(plugin.preprocess, image, params)
+        outputs = await queue.infer(tensor, droppable=droppable)
+        return await trio.to_thread.run_sync(plugin.postprocess, outputs, context, params)
+
+
+def _plugin_crash(plugin: Plugin, exc: Exception) -> EdgeboxError:
+    from edgebox.errors import InternalError
+
+    return InternalError(f"plugin {plugin.name!r} failed on this frame: {type(exc).__name__}: {exc}")
