@@ -1,0 +1,147 @@
+"""Conversions between proto messages (edgebox.proto_gen.infer) and domain values; nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgebox.cameras import mask_url
+from edgebox.fleet import Camera
+from edgebox.node import ClientFrame, Health, MetricsSnapshot
+from edgebox.proto_gen import infer as pb
+from edgebox.results import Result
+from edgebox.workflows.registry import WorkflowEntry
+
+INT32_MAX = 2**31 - 1
+
+
+def workflow_spec_to_dict(spec: pb.WorkflowSpec) -> dict[str, Any]:
+    """Proto spec -> the plain dict that `workflows.spec.parse_workflow_spec` validates."""
+    data: dict[str, Any] = {
+        "workflow_id": spec.workflow_id,
+        "plugins": list(spec.plugins),
+        "min_score": spec.min_score,
+        "zones": [{"name": z.name, "points": [{"x": p.x, "y": p.y} for p in z.points]} for z in spec.zones],
+        "attach_snapshot": spec.attach_snapshot,
+        "backend": spec.backend,
+        "params": dict(spec.params),
+    }
+    if spec.alarm is not None:
+        data["alarm"] = {"labels": list(spec.alarm.labels), "min_score": spec.alarm.min_score,
+                         "min_consecutive_frames": spec.alarm.min_consecutive_frames,
+                         "cooldown_ms": spec.alarm.cooldown_ms}
+    return data
+
+
+def workflow_info(entry: WorkflowEntry, camera_ids: list[str]) -> pb.WorkflowInfo:
+    spec = entry.spec
+    return pb.WorkflowInfo(
+        spec=pb.WorkflowSpec(
+            workflow_id=spec.workflow_id,
+            plugins=list(spec.plugins),
+            min_score=spec.min_score,
+            zones=[pb.Zone(name=z.name, points=[pb.Point(x=x, y=y) for x, y in z.points]) for z in spec.zones],
+            alarm=pb.AlarmRule(labels=list(spec.alarm.labels), min_score=spec.alarm.min_score,
+                               min_consecutive_frames=spec.alarm.min_consecutive_frames,
+                               cooldown_ms=spec.alarm.cooldown_ms),
+            attach_snapshot=spec.attach_snapshot,
+            backend=spec.backend,
+            params=dict(spec.params),
+        ),
+        version=entry.version,
+        camera_ids=sorted(camera_ids),
+        updated_at_ms=entry.updated_at_ms,
+    )
+
+
+def camera_info(camera: Camera) -> pb.CameraInfo:
+    status = camera.status
+    return pb.CameraInfo(
+        camera_id=camera.camera_id,
+        rtsp_url=mask_url(camera.url),
+        workflow_id=camera.workflow_id,
+        config=dict(camera.config),
+        state=pb.CameraState[status.state.name],
+        error=pb.StreamError[status.error.name] if status.error.name != "NONE" else pb.StreamError.STREAM_ERROR_NONE,
+        last_error=camera.last_error,
+        fps_in=status.fps_in,
+        fps_out=camera.pipeline.fps_out,
+        frame_age_ms=camera.pipeline.frame_age_ms,
+        reconnects=status.reconnects,
+        backend=camera.pipeline.backend,
+        resolution=status.resolution,
+        frames_dropped=camera.pipeline.frames_dropped,
+    )
+
+
+def client_frame(frame: pb.Frame | None) -> ClientFrame:
+    if frame is None:
+        return ClientFrame(b"")
+    return ClientFrame(bytes(frame.image_data), int(frame.format), frame.width, frame.height, frame.timestamp)
+
+
+def infer_result(result: Result, with_image: bool = True) -> pb.InferResult:
+    return pb.InferResult(
+        camera_id=result.source_id,
+        workflow_id=result.workflow_id,
+        timestamp=result.timestamp_ms,
+        type=pb.ResultType.ALARM if result.alarm else pb.ResultType.NORMAL,
+        image_data=result.image_jpeg if with_image else b"",
+        json_data=result.json_data,
+        workflow_version=result.workflow_version,
+        frame_seq=result.frame_seq,
+        latency_ms=result.latency_ms,
+        error_code=pb.InferErrorCode(result.error_code),
+        error_message=result.error_message,
+    )
+
+
+def encode_result(result: Result, with_image: bool) -> bytes:
+    """Encode once for every subscriber (see results.ResultHub)."""
+    return bytes(infer_result(result, with_image))
+
+
+def health_response(health: Health) -> pb.HealthCheckResponse:
+    return pb.HealthCheckResponse(
+        status=pb.HealthStatus[health.status],
+        timestamp=health.timestamp_ms,
+        gpu_available=health.gpu_available,
+        plugin_count=len(health.plugins),
+        version=health.version,
+        uptime_s=health.uptime_s,
+        plugins=health.plugins,
+        backends=health.backends,
+        plugin_errors=health.plugin_errors,
+    )
+
+
+def metrics_response(m: MetricsSnapshot) -> pb.MetricsResponse:
+    return pb.MetricsResponse(
+        active_cameras=m.active_cameras,
+        total_infer_requests=min(m.total_infer_requests, INT32_MAX),
+        avg_infer_latency_ms=m.avg_infer_latency_ms,
+        gpu_utilization=m.gpu_utilization,
+        memory_usage_bytes=m.memory_usage_bytes,
+        total_infer_requests_64=m.total_infer_requests,
+        failed_infer_requests=m.failed_infer_requests,
+        registered_cameras=m.registered_cameras,
+        workflows=m.workflows,
+        queue_depth=m.queue_depth,
+        avg_batch_size=m.avg_batch_size,
+        avg_queue_ms=m.avg_queue_ms,
+        avg_compute_ms=m.avg_compute_ms,
+        frames_dropped=m.frames_dropped,
+        gpu_memory_used_bytes=m.gpu_memory_used_bytes,
+    )
+
+
+def missed_suffix(missed: int) -> bytes:
+    """Field 10 (missed_before) encoded alone; appended to shared bytes it sets the field (proto merge rule)."""
+    out = bytearray([10 << 3])
+    while True:
+        byte = missed & 0x7F
+        missed >>= 7
+        if missed:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)

@@ -1,0 +1,170 @@
+"""The cameras of this node: registration, durable storage, and one supervised task per camera.
+
+Each camera runs its decode task (`cameras.CameraRunner`) and its pipeline in a nursery of its own under the
+fleet's nursery. A crash in a camera's code is caught at that boundary, recorded as its last error and
+restarted with back-off; it never reaches the other cameras or the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from edgebox.cameras import (
+    CameraOptions,
+    CameraRunner,
+    CameraState,
+    CameraStatus,
+    mask_url,
+    parse_camera_options,
+    validate_source_url,
+)
+from edgebox.errors import AlreadyExists, CameraNotFound, InvalidRequest, ResourceExhausted
+from edgebox.limits import MAX_CAMERA_OPTIONS, check_id
+from edgebox.metrics import Metrics
+from edgebox.pipeline import CameraPipeline
+from edgebox.results import ResultHub
+from edgebox.store import CameraRow, Store
+from edgebox.workflows.registry import WorkflowRegistry
+
+log = logging.getLogger("edgebox.fleet")
+
+CRASH_BACKOFF_START_S = 1.0
+CRASH_BACKOFF_CAP_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(eq=False)
+class Camera:
+    camera_id: str
+    url: str
+    workflow_id: str
+    config: dict[str, str]
+    options: CameraOptions
+    runner: CameraRunner
+    pipeline: CameraPipeline
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    stopped: trio.Event = field(default_factory=trio.Event)
+    crashes: int = 0
+    crash_error: str = ""
+
+    @property
+    def status(self) -> CameraStatus:
+        return self.runner.status
+
+    @property
+    def state(self) -> CameraState:
+        return self.runner.status.state
+
+    @property
+    def last_error(self) -> str:
+        return self.crash_error or self.runner.status.last_error or self.pipeline.last_error
+
+
+class CameraFleet:
+    def __init__(self, store: Store, workflows: WorkflowRegistry, hub: ResultHub, metrics: Metrics,
+                 max_cameras: int) -> None:
+        self._store = store
+        self._workflows = workflows
+        self._hub = hub
+        self._metrics = metrics
+        self._max_cameras = max_cameras
+        self._cameras: dict[str, Camera] = {}
+        self._nursery: trio.Nursery | None = None
+        self._lock = trio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._cameras)
+
+    def cameras(self) -> list[Camera]:
+        return [self._cameras[k] for k in sorted(self._cameras)]
+
+    def get(self, camera_id: str) -> Camera:
+        camera = self._cameras.get(camera_id)
+        if camera is None:
+            raise CameraNotFound(f"camera {camera_id!r} is not registered; ListCameras shows the registered ids")
+        return camera
+
+    def using(self, workflow_id: str) -> list[str]:
+        return [c.camera_id for c in self._cameras.values() if c.workflow_id == workflow_id]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the camera tasks: restore the stored cameras, then serve add/remove until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            rows = await trio.to_thread.run_sync(self._store.cameras)
+            for row in rows:
+                try:
+                    self._start(self._build(row.camera_id, row.url, row.workflow_id, row.options))
+                except Exception as exc:  # a stored camera that no longer validates stays visible in the log
+                    log.error("stored camera %s cannot start: %s", row.camera_id, exc)
+            log.info("restored %d camera(s)", len(self._cameras))
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _build(self, camera_id: str, url: str, workflow_id: str, config: Mapping[str, str]) -> Camera:
+        options = parse_camera_options(config)
+        pipeline = CameraPipeline(camera_id, workflow_id, options.roi, self._workflows.runtime, self._hub,
+                                  self._metrics)
+        runner = CameraRunner(camera_id, url, options, pipeline.offer)
+        return Camera(camera_id, url, workflow_id, dict(config), options, runner, pipeline)
+
+    def _start(self, camera: Camera) -> None:
+        assert self._nursery is not None, "CameraFleet.run() must be started first"
+        self._cameras[camera.camera_id] = camera
+        self._nursery.start_soon(self._supervise, camera, name=f"camera:{camera.camera_id}")
+
+    async def _supervise(self, camera: Camera) -> None:
+        backoff = CRASH_BACKOFF_START_S
+        try:
+            with camera.scope:
+                while True:
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(camera.pipeline.run)
+                            nursery.start_soon(camera.runner.run)
+                    except Exception as exc:
+                        camera.crashes += 1
+                        camera.crash_error = f"internal error, restarting in {backoff:g} s: {exc!r}"
+                        log.exception("camera %s crashed (%d); restarting in %.0f s", camera.camera_id,
+                                      camera.crashes, backoff)
+                        await trio.sleep(backoff)
+                        backoff = min(backoff * 2, CRASH_BACKOFF_CAP_S)
+                        camera.crash_error = ""
+        finally:
+            camera.stopped.set()
+
+    async def add(self, camera_id: str, url: str, workflow_id: str, config: Mapping[str, str]) -> Camera:
+        if problem := check_id("camera_id", camera_id):
+            raise InvalidRequest(problem)
+        validate_source_url(url)
+        if len(config) > MAX_CAMERA_OPTIONS:
+            raise InvalidRequest(f"config has {len(config)} entries; at most {MAX_CAMERA_OPTIONS} are allowed")
+        async with self._lock:
+            if camera_id in self._cameras:
+                raise AlreadyExists(f"camera {camera_id!r} is already registered; RemoveCamera it first to change it")
+            self._workflows.get(workflow_id)
+            if len(self._cameras) >= self._max_cameras:
+                raise ResourceExhausted(f"this node already runs {len(self._cameras)} cameras, its configured "
+                                        f"limit (engine.max_cameras); add the camera to another node")
+            camera = self._build(camera_id, url, workflow_id, config)
+            await trio.to_thread.run_sync(
+                self._store.put_camera, CameraRow(camera_id, url, workflow_id, dict(config)))
+            self._start(camera)
+            log.info("camera %s added (%s, workflow %s)", camera_id, mask_url(url), workflow_id)
+            return camera
+
+    async def remove(self, camera_id: str) -> None:
+        async with self._lock:
+            camera = self.get(camera_id)
+            camera.scope.cancel()
+            with trio.move_on_after(STOP_TIMEOUT_S):
+                await camera.stopped.wait()
+            await trio.to_thread.run_sync(self._store.delete_camera, camera_id)
+            del self._cameras[camera_id]
+            self._hub.forget_source(camera_id)
+            self._metrics.forget_camera(camera_id)
+            log.info("camera %s removed", camera_id)
