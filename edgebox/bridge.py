@@ -74,13 +74,17 @@ class Bridge:
                 result = await outcome.acapture(fn, *args)
             if isinstance(result, outcome.Error) and isinstance(result.error, trio.Cancelled):
                 result = outcome.Error(ShuttingDown("the engine is stopping; retry after it restarts"))
-            self.loop.call_soon_threadsafe(deliver, result)
+            try:
+                self.loop.call_soon_threadsafe(deliver, result)
+            except RuntimeError:  # the loop is closed: the caller is gone with it
+                pass
 
         def start() -> None:  # runs in the trio thread; must never raise (it would kill the trio run)
             try:
                 self._nursery.start_soon(run)
             except RuntimeError:
-                self.loop.call_soon_threadsafe(deliver, outcome.Error(ShuttingDown("the engine is stopping")))
+                with contextlib.suppress(RuntimeError):
+                    self.loop.call_soon_threadsafe(deliver, outcome.Error(ShuttingDown("the engine is stopping")))
 
         try:
             self._token.run_sync_soon(start)

@@ -67,13 +67,30 @@ def _run(args: argparse.Namespace, config_path: Path | None) -> int:
 
     try:
         trio.run(run_engine, cfg, on_ready)
-    except StoreError as exc:
-        logging.getLogger("edgebox").critical("%s", exc)
-        return EXIT_STORE
-    except OSError as exc:
-        logging.getLogger("edgebox").critical("cannot start: %s", exc)
-        return 1
+    except BaseException as exc:  # noqa: BLE001 - startup failures arrive wrapped in exception groups
+        return _startup_failure(exc)
     return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _startup_failure(exc: BaseException) -> int:
+    """Known failures get one clear line and an exit code; anything else is re-raised with its traceback."""
+    log = logging.getLogger("edgebox")
+    for leaf in _leaves(exc):
+        if isinstance(leaf, StoreError):
+            log.critical("%s", leaf)
+            return EXIT_STORE
+        if isinstance(leaf, OSError):
+            log.critical("cannot start: %s", leaf)
+            return 1
+        if isinstance(leaf, KeyboardInterrupt):
+            return 130
+    raise exc
 
 
 def _check_config(argv: list[str]) -> int:

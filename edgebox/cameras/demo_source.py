@@ -29,7 +29,7 @@ def _person_sprite() -> np.ndarray:
     try:
         data = resource.read_bytes()
     except (FileNotFoundError, OSError) as exc:
-        raise StreamFailure(StreamError.NOT_FOUND, f"demo image edgebox/{'/'.join(PERSON_IMAGE)} missing: {exc}")
+        raise StreamFailure(StreamError.NOT_FOUND, f"demo image edgebox/{'/'.join(PERSON_IMAGE)} missing: {exc}") from None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise StreamFailure(StreamError.UNSUPPORTED_CODEC, f"demo image edgebox/{'/'.join(PERSON_IMAGE)} unreadable")

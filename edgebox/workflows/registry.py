@@ -72,7 +72,12 @@ class WorkflowRegistry:
         """Load every stored workflow; one that fails stays listed with its error instead of vanishing."""
         rows = await trio.to_thread.run_sync(self._store.workflows)
         for row in rows:
-            spec = parse_workflow_spec(row.spec)
+            try:
+                spec = parse_workflow_spec(row.spec)
+            except EdgeboxError as exc:  # stays in the store, untouched, for an operator to inspect
+                log.error("stored workflow %s is not valid for this edgebox version and is not loaded: %s",
+                          row.workflow_id, exc.message)
+                continue
             try:
                 runtime = await WorkflowRuntime.load(spec, row.version, self._plugins, self._pool)
                 error = None

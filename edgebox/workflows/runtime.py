@@ -17,7 +17,7 @@ import trio
 
 from edgebox.engine.models import ModelPool
 from edgebox.engine.scheduler import FrameDropped, ModelQueue
-from edgebox.errors import EdgeboxError, InvalidRequest
+from edgebox.errors import EdgeboxError, InternalError, InvalidRequest
 from edgebox.plugin_api import Detection, Plugin
 from edgebox.plugins_loader import PluginRegistry
 from edgebox.workflows.rules import AlarmState, evaluate_alarm, filter_detections
@@ -123,6 +123,4 @@ class WorkflowRuntime:
 
 
 def _plugin_crash(plugin: Plugin, exc: Exception) -> EdgeboxError:
-    from edgebox.errors import InternalError
-
     return InternalError(f"plugin {plugin.name!r} failed on this frame: {type(exc).__name__}: {exc}")
