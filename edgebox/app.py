@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from edgebox import __version__
+from edgebox.admission import Admission
 from edgebox.api.convert import encode_result
 from edgebox.api.server import open_grpc_server
 from edgebox.config import Config
@@ -36,11 +37,15 @@ from edgebox.workflows.registry import WorkflowRegistry
 
 log = logging.getLogger("edgebox.app")
 
+PROVISIONED_KEY = "provisioned"
+
 
 @dataclass(frozen=True)
 class Endpoints:
     grpc: str
     console: str | None
+    # The running node, for code that embeds the engine in-process (the tests inspect it).
+    node: Node | None = field(default=None, repr=False, compare=False)
 
 
 async def run_engine(config: Config, on_ready: Callable[[Endpoints], None] | None = None) -> None:
@@ -64,13 +69,19 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
             hub = ResultHub(encode_result, metrics)
             fleet_ref: list[CameraFleet] = []
             workflows = WorkflowRegistry(store, plugins, pool, lambda wf: fleet_ref[0].using(wf))
-            fleet = CameraFleet(store, workflows, hub, metrics, config.engine.max_cameras)
+            admission = Admission(config.engine.admission_max_load, lambda: pool.queues)
+            fleet = CameraFleet(store, workflows, hub, metrics, config.engine.max_cameras, admission)
             fleet_ref.append(fleet)
             node = Node(plugins, pool, workflows, fleet, hub, metrics, hardware)
             await workflows.restore()
-            await _provision_workflows(config, node)
+            # Provisioning seeds an empty store once; later removals by an operator are not undone.
+            provision = await trio.to_thread.run_sync(store.get_meta, PROVISIONED_KEY) is None
+            if provision:
+                await _provision_workflows(config, node)
             await root.start(fleet.run)
-            await _provision_cameras(config, node)
+            if provision:
+                await _provision_cameras(config, node)
+                await trio.to_thread.run_sync(store.set_meta, PROVISIONED_KEY, "1")
             metrics.cameras_registered.set(len(fleet))
             metrics.workflows_deployed.set(len(workflows))
             async with open_grpc_server(config.grpc, node) as grpc:
@@ -85,7 +96,7 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
                     root.start_soon(run_manager_link, config.manager, node, f"{grpc.host}:{grpc.port}")
                 node.lifecycle = Lifecycle.SERVING
                 grpc.set_serving(True)
-                endpoints = Endpoints(f"{grpc.host}:{grpc.port}", console_address)
+                endpoints = Endpoints(f"{grpc.host}:{grpc.port}", console_address, node)
                 log.info("edgebox %s serving: gRPC %s, console %s", __version__, endpoints.grpc,
                          endpoints.console or "disabled")
                 if on_ready is not None:
@@ -116,7 +127,7 @@ async def _cancel_on_second_signal(signals: trio.abc.ReceiveChannel[int], scope:
 
 
 async def _provision_workflows(config: Config, node: Node) -> None:
-    """Deploy the config's provisioned workflows that the store does not have yet (never overwrite)."""
+    """Deploy the config's provisioned workflows that the store does not have yet (first start only)."""
     for item in config.provision.workflows:
         workflow_id = item.spec["workflow_id"]
         if workflow_id in node.workflows:
@@ -129,7 +140,7 @@ async def _provision_workflows(config: Config, node: Node) -> None:
 
 
 async def _provision_cameras(config: Config, node: Node) -> None:
-    """Add the config's provisioned cameras that the store does not have yet (never overwrite)."""
+    """Add the config's provisioned cameras that the store does not have yet (first start only)."""
     known = {c.camera_id for c in node.list_cameras()}
     for cam in config.provision.cameras:
         if cam.camera_id in known:

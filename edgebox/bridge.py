@@ -55,6 +55,8 @@ class Bridge:
         self.loop = loop
         self._nursery = nursery
         self._token = trio.lowlevel.current_trio_token()
+        # Set (in trio) just before the loop is told to stop: later calls into asyncio would never run.
+        self.loop_stopping = False
 
     # -- asyncio -> trio -------------------------------------------------------------------------------
     async def call_in_trio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -113,6 +115,8 @@ class Bridge:
     # -- trio -> asyncio -------------------------------------------------------------------------------
     async def call_in_asyncio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Await the coroutine `fn(*args)` run on the asyncio loop; called from trio."""
+        if self.loop_stopping or self.loop.is_closed():
+            raise ShuttingDown("the engine is stopping; its gRPC loop no longer runs calls")
         done = trio.Event()
         token = trio.lowlevel.current_trio_token()
         cf = asyncio.run_coroutine_threadsafe(fn(*args), self.loop)
@@ -127,6 +131,8 @@ class Bridge:
         except trio.Cancelled:
             cf.cancel()
             raise
+        if cf.cancelled():  # not by us: the loop stopped and cancelled what was left
+            raise ShuttingDown("the engine stopped before the call finished")
         return cf.result()
 
 
@@ -148,11 +154,15 @@ async def open_bridge() -> AsyncIterator[Bridge]:
     thread = threading.Thread(target=thread_main, name="grpclib-asyncio", daemon=True)
     thread.start()
     await trio.to_thread.run_sync(ready.wait)
+    bridge: Bridge | None = None
     try:
         async with trio.open_nursery() as nursery:
-            yield Bridge(loop, nursery)
+            bridge = Bridge(loop, nursery)
+            yield bridge
             nursery.cancel_scope.cancel()
     finally:
+        if bridge is not None:
+            bridge.loop_stopping = True
         loop.call_soon_threadsafe(loop.stop)
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(thread.join, LOOP_STOP_TIMEOUT_S)

@@ -7,6 +7,7 @@ docs examples.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
@@ -124,15 +125,18 @@ class EdgeboxClient:
         request = pb.SubscribeRequest(camera_ids=list(camera_ids), workflow_ids=list(workflow_ids),
                                       alarms_only=alarms_only, omit_images=omit_images)
         try:
-            async for result in self.stream_stub.subscribe_results(request):
-                yield result
+            # aclosing: closing this generator must end the call now, not when the inner one is collected.
+            async with contextlib.aclosing(self.stream_stub.subscribe_results(request)) as results:
+                async for result in results:
+                    yield result
         except GRPCError as exc:
             raise EdgeboxClientError.from_grpc(exc) from None
 
     async def stream_infer(self, frames: AsyncIterator[pb.StreamFrame] | Iterable[pb.StreamFrame]
                            ) -> AsyncIterator[pb.InferResult]:
         try:
-            async for result in self.stream_stub.stream_infer(frames):
-                yield result
+            async with contextlib.aclosing(self.stream_stub.stream_infer(frames)) as results:
+                async for result in results:
+                    yield result
         except GRPCError as exc:
             raise EdgeboxClientError.from_grpc(exc) from None

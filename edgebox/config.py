@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgebox.errors import ConfigError
+from edgebox.errors import ConfigError, EdgeboxError, InvalidRequest
+from edgebox.limits import check_id
 
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_CONSOLE_PORT = 8080
@@ -72,6 +73,9 @@ class EngineConfig:
     threads: int = 0
     # Cameras this node accepts; AddCamera beyond it gets RESOURCE_EXHAUSTED.
     max_cameras: int = 64
+    # AddCamera refuses (RESOURCE_EXHAUSTED) a camera that would take decoding past this fraction of the CPU
+    # cores, or a model queue past this fraction of its execution time (edgebox.admission); 0 = no check.
+    admission_max_load: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ class ProvisionedCamera:
 
 @dataclass(frozen=True)
 class ProvisionConfig:
-    """Workflows and cameras created at start when the store does not have them yet (never overwritten)."""
+    """Workflows and cameras created on the first start with an empty store (never re-created after removal)."""
 
     workflows: tuple[ProvisionedWorkflow, ...] = ()
     cameras: tuple[ProvisionedCamera, ...] = ()
@@ -247,6 +251,7 @@ def _parse_engine(sec: _Section | None) -> EngineConfig:
         inference_timeout_s=sec.get("inference_timeout_s", float, d.inference_timeout_s, _in_range(0.01, 600)),
         threads=sec.get("threads", int, d.threads, _in_range(0, 256)),
         max_cameras=sec.get("max_cameras", int, d.max_cameras, _in_range(0, 10_000)),
+        admission_max_load=sec.get("admission_max_load", float, d.admission_max_load, _in_range(0, 10)),
     )
     sec.finish()
     return cfg
@@ -282,6 +287,7 @@ def _parse_provision(sec: _Section | None) -> ProvisionConfig:
         w = _Section(item, f"{sec.path}.workflows[{i}]")
         if not isinstance(w.data.get("workflow_id"), str):
             raise ConfigError(w.key_path("workflow_id"), "is required and must be a string")
+        _check_provisioned(w.path, _validate_workflow_spec, w.data)
         workflows.append(ProvisionedWorkflow(dict(w.data)))
     cameras = []
     for i, item in enumerate(sec.get("cameras", list, [])):
@@ -297,12 +303,37 @@ def _parse_provision(sec: _Section | None) -> ProvisionConfig:
             options=dict(options),
         ))
         c.finish()
+        _check_provisioned(c.path, _validate_camera, cameras[-1])
     sec.finish()
     return ProvisionConfig(tuple(workflows), tuple(cameras))
 
 
 def _missing(sec: _Section, key: str) -> Any:
     raise ConfigError(sec.key_path(key), "is required")
+
+
+def _check_provisioned(path: str, validate: Callable[[Any], None], value: Any) -> None:
+    """Provisioned items get the checks their RPCs apply (only plugin names wait for the engine)."""
+    try:
+        validate(value)
+    except EdgeboxError as exc:
+        raise ConfigError(path, exc.message) from None
+
+
+def _validate_workflow_spec(data: Mapping[str, Any]) -> None:
+    from edgebox.workflows.spec import parse_workflow_spec  # it imports this module: import late
+
+    parse_workflow_spec(data)
+
+
+def _validate_camera(camera: ProvisionedCamera) -> None:
+    from edgebox.cameras import parse_camera_options, validate_source_url  # heavy (cv2): only when used
+
+    for kind, value in (("camera_id", camera.camera_id), ("workflow_id", camera.workflow_id)):
+        if problem := check_id(kind, value):
+            raise InvalidRequest(problem)
+    validate_source_url(camera.url)
+    parse_camera_options(camera.options)
 
 
 def is_loopback(host: str) -> bool:
@@ -356,6 +387,8 @@ def with_overrides(cfg: Config, *, grpc_port: int | None = None, grpc_host: str 
             raise ConfigError("--grpc_port", f"must be between 0 and 65535, got {grpc_port}")
         grpc = dataclasses.replace(grpc, port=grpc_port)
     if grpc_host is not None:
+        if not grpc_host.strip():
+            raise ConfigError("--grpc_host", "must not be empty")
         grpc = dataclasses.replace(grpc, host=grpc_host)
     console = cfg.console
     if console_port is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
+from edgebox.limits import MAX_ERROR_MESSAGE_CHARS
+
 
 class ErrorCode(enum.IntEnum):
     """Numeric codes shared with clients (proto enum `infer.InferErrorCode`)."""
@@ -81,7 +83,10 @@ class EdgeboxError(Exception):
 
     def client_message(self) -> str:
         """The message as a client sees it: code and name first, so logs and grpcurl show both."""
-        text = f"[{int(self.code)} {self.code.name}] {self.message}"
+        message = self.message
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:
+            message = message[:MAX_ERROR_MESSAGE_CHARS] + "... (truncated)"
+        text = f"[{int(self.code)} {self.code.name}] {message}"
         if self.retry_after_s is not None:
             text += f" (retry after {self.retry_after_s:g} s)"
         return text

@@ -6,14 +6,17 @@ allocating anything. Every failure is InvalidRequest saying what was wrong with 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import struct
+from collections.abc import AsyncIterator
 
 import cv2
 import numpy as np
+import trio
 
 from edgebox.errors import InvalidRequest
-from edgebox.limits import MAX_FRAME_BYTES, MAX_FRAME_SIDE
+from edgebox.limits import MAX_DECODED_PIXELS_IN_FLIGHT, MAX_FRAME_BYTES, MAX_FRAME_SIDE
 
 JPEG_QUALITY = 85
 
@@ -66,6 +69,45 @@ def _check_side(width: int, height: int) -> None:
     if not (0 < width <= MAX_FRAME_SIDE and 0 < height <= MAX_FRAME_SIDE):
         raise InvalidRequest(f"frame is {width}x{height} pixels; each side must be 1..{MAX_FRAME_SIDE} "
                              "(MAX_FRAME_SIDE)")
+
+
+def decoded_pixels(data: bytes, fmt: int, width: int = 0, height: int = 0) -> int:
+    """Pixels the frame will decode to, from its header alone; 0 when decode_frame is going to refuse it."""
+    try:
+        if not data or len(data) > MAX_FRAME_BYTES:
+            return 0
+        if fmt == PixelFormat.ENCODED:
+            _, width, height = encoded_image_size(data)
+        _check_side(width, height)
+    except InvalidRequest:
+        return 0
+    return width * height
+
+
+class DecodeBudget:
+    """Bounds the pixels of client frames decoded and held at once (MAX_DECODED_PIXELS_IN_FLIGHT).
+
+    Frames take their share in arrival order; one that does not fit waits until earlier frames are done.
+    """
+
+    def __init__(self, pixels: int = MAX_DECODED_PIXELS_IN_FLIGHT) -> None:
+        self.total = self.free = pixels
+        self._turn = trio.Lock()  # one waiter at a time, so no frame holds a part while waiting for the rest
+        self._released = trio.Event()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, data: bytes, fmt: int, width: int, height: int) -> AsyncIterator[None]:
+        pixels = min(await trio.to_thread.run_sync(decoded_pixels, data, fmt, width, height), self.total)
+        async with self._turn:
+            while self.free < pixels:
+                self._released = trio.Event()
+                await self._released.wait()
+            self.free -= pixels
+        try:
+            yield
+        finally:
+            self.free += pixels
+            self._released.set()
 
 
 def decode_frame(data: bytes, fmt: int, width: int = 0, height: int = 0) -> np.ndarray:

@@ -18,10 +18,11 @@ import trio
 
 from edgebox import __version__
 from edgebox.engine.hardware import Hardware
-from edgebox.engine.models import ModelPool
+from edgebox.engine.models import LoadedModelInfo, ModelPool
 from edgebox.errors import EdgeboxError, InvalidRequest
 from edgebox.fleet import Camera, CameraFleet
-from edgebox.frames import decode_frame, draw_detections, encode_jpeg
+from edgebox.frames import DecodeBudget, decode_frame, draw_detections, encode_jpeg
+from edgebox.gpu import GpuMonitor
 from edgebox.limits import MAX_BATCH_FRAMES, check_id
 from edgebox.metrics import Metrics, histogram_sum_count, process_rss_bytes, total
 from edgebox.plugins_loader import PluginRegistry
@@ -65,9 +66,11 @@ class Health:
     gpu_available: bool
     plugins: list[str]
     plugin_errors: list[str]
-    backends: list[str]
+    backends: list[str]  # usable on this box (HealthCheck.backends)
     uptime_s: float
     version: str = __version__
+    # Loaded models and what they really run on, e.g. "person: openvino-cpu on CPU (Intel(R) ...)".
+    models: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class Node:
     started_mono: float = field(default_factory=time.monotonic)
     lifecycle: str = Lifecycle.STARTING
     _adhoc: dict[str, WorkflowRuntime] = field(default_factory=dict)
+    gpu: GpuMonitor = field(default_factory=GpuMonitor)  # also read by /metrics (edgebox.gpu.GpuCollector)
+    decode_budget: DecodeBudget = field(default_factory=DecodeBudget)
 
     # -- workflows ------------------------------------------------------------------------------------
     async def deploy_workflow(self, spec: Mapping[str, Any]) -> WorkflowEntry:
@@ -169,6 +174,11 @@ class Node:
 
     async def _infer_one(self, runtime: WorkflowRuntime, frame: ClientFrame, return_image: bool, source_id: str,
                          state: SourceState | None, seq: int) -> Result | EdgeboxError:
+        async with self.decode_budget.hold(frame.data, frame.pixel_format, frame.width, frame.height):
+            return await self._infer_decoded(runtime, frame, return_image, source_id, state, seq)
+
+    async def _infer_decoded(self, runtime: WorkflowRuntime, frame: ClientFrame, return_image: bool,
+                             source_id: str, state: SourceState | None, seq: int) -> Result | EdgeboxError:
         started = time.time()
         plugin_label = ",".join(runtime.spec.plugins)
         self.metrics.infer_requests.labels(origin="rpc", plugin=plugin_label).inc()
@@ -205,7 +215,12 @@ class Node:
             plugin_errors=[f"{k}: {v}" for k, v in sorted(self.plugins.errors.items())],
             backends=self.hardware.usable_backends(),
             uptime_s=time.monotonic() - self.started_mono,
+            models=[str(info) for info in self.loaded_models()],
         )
+
+    def loaded_models(self) -> list[LoadedModelInfo]:
+        """Each loaded model with the backend and device it really runs on (after any fallback)."""
+        return self.pool.loaded()
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         m = self.metrics
@@ -215,6 +230,7 @@ class Node:
         executions = total(m.executions)
         inferred, _ = histogram_sum_count(m.batch_size)  # the sum of batch sizes = frames executed
         cameras = self.fleet.cameras()
+        gpu = self.gpu.summary()
         return MetricsSnapshot(
             active_cameras=sum(1 for c in cameras if c.state.name == "STREAMING"),
             registered_cameras=len(cameras),
@@ -228,6 +244,8 @@ class Node:
             queue_depth=self.pool.queue_depth(),
             frames_dropped=int(total(m.frames_dropped)),
             memory_usage_bytes=process_rss_bytes(),
+            gpu_utilization=gpu.utilization_percent,
+            gpu_memory_used_bytes=gpu.memory_used_bytes,
         )
 
 

@@ -74,23 +74,30 @@ class Store:
                              "set data_dir in the config to a writable folder") from None
         path = data_dir / STORE_FILENAME
         is_new = not path.exists()
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            # Find out what the file is before anything writes to it (journal_mode=WAL rewrites its header).
             problem = conn.execute("PRAGMA quick_check").fetchone()[0]
             if problem != "ok":
                 raise sqlite3.DatabaseError(problem)
-            conn.executescript(_SCHEMA)
-            version = _schema_version(conn, is_new)
+            version = _stored_schema_version(conn)
+            if version is not None and version > SCHEMA_VERSION:
+                conn.close()
+                raise StoreError(f"state store {path} has schema version {version}, newer than this edgebox "
+                                 f"understands ({SCHEMA_VERSION}); run the newer edgebox or restore a backup")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            if version is None:
+                conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO meta VALUES "
+                                   f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
         except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
             raise StoreError(
                 f"state store {path} is corrupt or not an edgebox store ({exc}). Nothing was changed. "
                 f"Restore it from a backup, or move it aside to start with no cameras and workflows."
             ) from None
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"state store {path} has schema version {version}, newer than this edgebox "
-                             f"understands ({SCHEMA_VERSION}); run the newer edgebox or restore a backup")
         if is_new:
             log.warning("no state store at %s: created an empty one (first start)", path)
         return cls(conn, path)
@@ -109,6 +116,14 @@ class Store:
                 self._conn.execute("ROLLBACK")
                 raise
             return cur.rowcount
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def put_camera(self, row: CameraRow) -> None:
         self._write(
@@ -142,13 +157,16 @@ class Store:
         return [WorkflowRow(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
 
 
-def _schema_version(conn: sqlite3.Connection, is_new: bool) -> int:
+def _stored_schema_version(conn: sqlite3.Connection) -> int | None:
+    """The store's schema version; None for an empty database (a new store). Anything else is foreign."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return None
+    if "meta" not in tables:
+        raise sqlite3.DatabaseError(f"it has tables {', '.join(sorted(tables))} but no edgebox meta table")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        if not is_new and conn.execute("SELECT count(*) FROM cameras").fetchone()[0]:
-            raise sqlite3.DatabaseError("schema_version missing")
-        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        return SCHEMA_VERSION
+    if row is None or not str(row[0]).isdigit():
+        raise sqlite3.DatabaseError("its schema_version is missing or not a number")
     return int(row[0])
 
 

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import betterproto2
 from grpclib.encoding.proto import ProtoCodec
 
 from edgebox.errors import InvalidRequest
+
+# The wire type each proto type must arrive with. betterproto2's parser does not check it (a message field sent
+# as a varint decodes to an int, a length past the end is cut short), so requests are checked here first.
+_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+_WIRE_TYPE = {
+    **dict.fromkeys(("string", "bytes", "message", "map"), _LEN),
+    **dict.fromkeys(("float", "fixed32", "sfixed32"), _FIXED32),
+    **dict.fromkeys(("double", "fixed64", "sfixed64"), _FIXED64),
+}
+_MAX_DEPTH = 32
 
 
 class MalformedMessage(InvalidRequest):
@@ -25,6 +36,56 @@ class PreEncodedProtoCodec(ProtoCodec):
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         try:
+            if hasattr(message_type, "_betterproto"):
+                check_wire_format(memoryview(data), message_type)
             return message_type.FromString(data)
         except Exception as exc:
             raise MalformedMessage(f"the request is not a valid {message_type.__name__} message: {exc}") from None
+
+
+def _varint(data: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("a varint is truncated or longer than 10 bytes")
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+
+
+def check_wire_format(data: memoryview, message_type: Any, depth: int = 0) -> None:
+    """Raise ValueError unless `data` is well-formed protobuf whose known fields have their declared wire types."""
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"messages are nested deeper than {_MAX_DEPTH} levels")
+    meta = message_type._betterproto
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0 is not allowed")
+        start = i
+        if wire == _VARINT:
+            _, i = _varint(data, i)
+        elif wire in (_FIXED64, _FIXED32):
+            i += 8 if wire == _FIXED64 else 4
+        elif wire == _LEN:
+            length, start = _varint(data, i)
+            i = start + length
+        else:
+            raise ValueError(f"field {number} has wire type {wire}, which proto3 does not use")
+        if i > len(data):
+            raise ValueError(f"field {number} runs past the end of the message")
+        name = meta.field_name_by_number.get(number)
+        if name is None:
+            continue  # an unknown field is kept, as protobuf does
+        field = meta.meta_by_field_name[name]
+        expected = _WIRE_TYPE.get(field.proto_type, _VARINT)
+        if wire == expected:
+            if field.proto_type in ("message", "map"):
+                check_wire_format(data[start:i], meta.cls_by_field[name], depth + 1)
+        elif not (wire == _LEN and field.repeated and field.proto_type in betterproto2.PACKED_TYPES):
+            raise ValueError(f"field {number} ({name}) has wire type {wire}, expected {expected}")

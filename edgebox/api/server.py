@@ -43,8 +43,14 @@ def install_message_limit(max_bytes: int) -> None:
     replaced (grpclib is pinned; tests/api/test_limits.py checks this still works).
     """
 
+    async def recv_exactly(stream, size: int, problem: str) -> bytes:  # noqa: ANN001 - grpclib's stream
+        try:
+            return await stream.recv_data(size)
+        except AssertionError:  # grpclib's buffer asserts when the stream ends within the bytes asked for
+            raise MalformedMessage(problem) from None
+
     async def recv_limited(stream, codec, message_type):  # noqa: ANN001, ANN202 - grpclib's signature
-        meta = await stream.recv_data(5)
+        meta = await recv_exactly(stream, 5, "the request ended inside a message prefix")
         if not meta:
             return None
         if len(meta) != 5:
@@ -55,7 +61,7 @@ def install_message_limit(max_bytes: int) -> None:
         if length > max_bytes:
             raise MessageTooLarge(f"the request message is {length} bytes; this engine accepts at most "
                                   f"{max_bytes} (grpc.max_message_bytes)")
-        data = await stream.recv_data(length)
+        data = await recv_exactly(stream, length, f"the request message ended before its {length} bytes")
         if len(data) != length:
             raise MalformedMessage(f"the request message ended after {len(data)} of {length} bytes")
         return codec.decode(data, message_type)

@@ -18,9 +18,11 @@ import grpclib.const
 from grpclib.exceptions import GRPCError
 
 from edgebox.api import convert
+from edgebox.api.codec import MalformedMessage
 from edgebox.api.errors import internal_error, to_grpc_error
 from edgebox.bridge import Bridge
-from edgebox.errors import EdgeboxError, InvalidRequest, ShuttingDown
+from edgebox.errors import EdgeboxError, InvalidRequest, ResourceExhausted, ShuttingDown
+from edgebox.limits import MAX_SUBSCRIPTION_FILTERS
 from edgebox.node import InferTarget, Node
 from edgebox.proto_gen import infer as pb
 from edgebox.results import DEFAULT_SUBSCRIBER_BUFFER, Delivery, ResultFilter, Subscription
@@ -60,17 +62,23 @@ class CallTracker:
 
 
 class AsyncioSink:
-    """Delivers results from the trio hub to one gRPC subscriber's asyncio queue."""
+    """Delivers results from the trio hub to one gRPC subscriber's asyncio queue; an error item ends the stream."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.queue: asyncio.Queue[Delivery | str] = asyncio.Queue()
+        self.queue: asyncio.Queue[Delivery | EdgeboxError] = asyncio.Queue()
 
     def push(self, delivery: Delivery) -> None:  # trio thread
         self._loop.call_soon_threadsafe(self.queue.put_nowait, delivery)
 
-    def close(self, reason: str) -> None:  # trio thread
-        self._loop.call_soon_threadsafe(self.queue.put_nowait, reason)
+    def close(self, reason: str, evicted: bool = False) -> None:  # trio thread
+        self._loop.call_soon_threadsafe(self._close, ResourceExhausted(reason) if evicted else ShuttingDown(reason))
+
+    def _close(self, error: EdgeboxError) -> None:  # asyncio thread
+        if isinstance(error, ResourceExhausted):  # evicted: free the backlog it never read
+            while not self.queue.empty():
+                self.queue.get_nowait()
+        self.queue.put_nowait(error)
 
 
 class InferenceService(pb.InferenceServiceBase):
@@ -81,11 +89,12 @@ class InferenceService(pb.InferenceServiceBase):
 
     # -- guarding, in one place --------------------------------------------------------------------------
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        return {path: grpclib.const.Handler(self._guard(path.rsplit("/", 1)[1], h.func), h.cardinality,
-                                            h.request_type, h.reply_type)
+        return {path: grpclib.const.Handler(self._guard(path.rsplit("/", 1)[1], h.func, h.cardinality),
+                                            h.cardinality, h.request_type, h.reply_type)
                 for path, h in super().__mapping__().items()}
 
-    def _guard(self, method: str, func: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def _guard(self, method: str, func: Callable[[Any], Any],
+               cardinality: grpclib.const.Cardinality) -> Callable[[Any], Any]:
         metrics = self.node.metrics
 
         async def guarded(stream: Any) -> None:
@@ -97,6 +106,8 @@ class InferenceService(pb.InferenceServiceBase):
             started = time.perf_counter()
             code = "OK"
             try:
+                if not cardinality.client_streaming:
+                    _require_request_message(stream)
                 await func(stream)
             except EdgeboxError as exc:
                 code = exc.grpc_code.name
@@ -232,6 +243,10 @@ class InferenceService(pb.InferenceServiceBase):
 
     # -- results ------------------------------------------------------------------------------------------
     async def subscribe_results(self, message: pb.SubscribeRequest) -> AsyncIterator[bytes]:
+        filters = len(message.camera_ids) + len(message.workflow_ids)
+        if filters > MAX_SUBSCRIPTION_FILTERS:
+            raise InvalidRequest(f"the subscription names {filters} cameras and workflows; at most "
+                                 f"{MAX_SUBSCRIPTION_FILTERS} (MAX_SUBSCRIPTION_FILTERS), or none for all")
         result_filter = ResultFilter(frozenset(message.camera_ids), frozenset(message.workflow_ids),
                                      message.alarms_only, message.omit_images)
         sink = AsyncioSink(asyncio.get_running_loop())
@@ -244,8 +259,8 @@ class InferenceService(pb.InferenceServiceBase):
         try:
             while True:
                 item = await sink.queue.get()
-                if isinstance(item, str):
-                    raise ShuttingDown(item)
+                if isinstance(item, EdgeboxError):
+                    raise item
                 self.bridge.run_in_trio_soon(subscription.taken)
                 payload = item.payload
                 if item.missed_before:
@@ -260,6 +275,19 @@ class InferenceService(pb.InferenceServiceBase):
 
     async def get_metrics(self, message: pb.MetricsRequest) -> pb.MetricsResponse:
         return await self._trio(_as_async(lambda: convert.metrics_response(self.node.metrics_snapshot())))
+
+
+def _require_request_message(stream: Any) -> None:
+    """A unary request stream that ends without a message is the client's error, not an assertion failure."""
+    receive = stream.recv_message
+
+    async def recv_message() -> Any:
+        message = await receive()
+        if message is None:
+            raise MalformedMessage("the request ended without a message; send exactly one request message")
+        return message
+
+    stream.recv_message = recv_message
 
 
 def _as_async(fn: Callable[[], Any]) -> Callable[[], Any]:
