@@ -315,11 +315,7 @@ class AddCameraRequest(betterproto2.Message):
     """
 
     config: "dict[str, str]" = betterproto2.field(
-        4,
-        betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        4, betterproto2.TYPE_MAP, map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING)
     )
     """
     Per-camera options, all optional: "fps" (sampling rate, default 5), "roi" ("x,y,w,h" normalized crop),
@@ -337,9 +333,7 @@ class AddCameraResponse(betterproto2.Message):
     Result of AddCamera.
     """
 
-    camera: "CameraInfo | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    camera: "CameraInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
     The camera as registered (state CONNECTING right after the call).
     """
@@ -384,9 +378,7 @@ class BatchItem(betterproto2.Message):
     Outcome of one frame of a batch.
     """
 
-    result: "InferResult | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    result: "InferResult | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Set when the frame succeeded.
     """
@@ -429,26 +421,18 @@ class CameraInfo(betterproto2.Message):
     """
 
     config: "dict[str, str]" = betterproto2.field(
-        4,
-        betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        4, betterproto2.TYPE_MAP, map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING)
     )
     """
     The per-camera options as given.
     """
 
-    state: "CameraState" = betterproto2.field(
-        5, betterproto2.TYPE_ENUM, default_factory=lambda: CameraState(0)
-    )
+    state: "CameraState" = betterproto2.field(5, betterproto2.TYPE_ENUM, default_factory=lambda: CameraState(0))
     """
     Where its decode task stands.
     """
 
-    error: "StreamError" = betterproto2.field(
-        6, betterproto2.TYPE_ENUM, default_factory=lambda: StreamError(0)
-    )
+    error: "StreamError" = betterproto2.field(6, betterproto2.TYPE_ENUM, default_factory=lambda: StreamError(0))
     """
     Why it is not streaming (STREAM_ERROR_NONE while streaming).
     """
@@ -509,9 +493,7 @@ class DeleteWorkflowRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "infer", "DeleteWorkflowRequest", DeleteWorkflowRequest
-)
+default_message_pool.register_message("infer", "DeleteWorkflowRequest", DeleteWorkflowRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -526,9 +508,7 @@ class DeleteWorkflowResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "infer", "DeleteWorkflowResponse", DeleteWorkflowResponse
-)
+default_message_pool.register_message("infer", "DeleteWorkflowResponse", DeleteWorkflowResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -537,17 +517,13 @@ class DeployWorkflowRequest(betterproto2.Message):
     A workflow to create.
     """
 
-    workflow: "WorkflowSpec | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    workflow: "WorkflowSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
     The pipeline to deploy.
     """
 
 
-default_message_pool.register_message(
-    "infer", "DeployWorkflowRequest", DeployWorkflowRequest
-)
+default_message_pool.register_message("infer", "DeployWorkflowRequest", DeployWorkflowRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -556,17 +532,13 @@ class DeployWorkflowResponse(betterproto2.Message):
     Result of DeployWorkflow.
     """
 
-    workflow: "WorkflowInfo | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    workflow: "WorkflowInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
     The stored workflow (version 1).
     """
 
 
-default_message_pool.register_message(
-    "infer", "DeployWorkflowResponse", DeployWorkflowResponse
-)
+default_message_pool.register_message("infer", "DeployWorkflowResponse", DeployWorkflowResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -580,9 +552,7 @@ class Frame(betterproto2.Message):
     JPEG/PNG bytes (format ENCODED) or raw pixels; at most 32 MiB, at most 8192 pixels per side.
     """
 
-    format: "PixelFormat" = betterproto2.field(
-        2, betterproto2.TYPE_ENUM, default_factory=lambda: PixelFormat(0)
-    )
+    format: "PixelFormat" = betterproto2.field(2, betterproto2.TYPE_ENUM, default_factory=lambda: PixelFormat(0))
     """
     How image_data is laid out.
     """
@@ -624,9 +594,7 @@ class HealthCheckResponse(betterproto2.Message):
     Result of HealthCheck.
     """
 
-    status: "HealthStatus" = betterproto2.field(
-        1, betterproto2.TYPE_ENUM, default_factory=lambda: HealthStatus(0)
-    )
+    status: "HealthStatus" = betterproto2.field(1, betterproto2.TYPE_ENUM, default_factory=lambda: HealthStatus(0))
     """
     Serving state.
     """
@@ -656,31 +624,23 @@ class HealthCheckResponse(betterproto2.Message):
     Seconds since the engine started.
     """
 
-    plugins: "list[str]" = betterproto2.field(
-        7, betterproto2.TYPE_STRING, repeated=True
-    )
+    plugins: "list[str]" = betterproto2.field(7, betterproto2.TYPE_STRING, repeated=True)
     """
     Names of loaded plugins.
     """
 
-    backends: "list[str]" = betterproto2.field(
-        8, betterproto2.TYPE_STRING, repeated=True
-    )
+    backends: "list[str]" = betterproto2.field(8, betterproto2.TYPE_STRING, repeated=True)
     """
     Backends and devices usable on this box, e.g. ["openvino-cpu", "onnxruntime-cpu"].
     """
 
-    plugin_errors: "list[str]" = betterproto2.field(
-        9, betterproto2.TYPE_STRING, repeated=True
-    )
+    plugin_errors: "list[str]" = betterproto2.field(9, betterproto2.TYPE_STRING, repeated=True)
     """
     Plugins that failed to load, "name: reason"; they answer PLUGIN_LOAD_FAILED.
     """
 
 
-default_message_pool.register_message(
-    "infer", "HealthCheckResponse", HealthCheckResponse
-)
+default_message_pool.register_message("infer", "HealthCheckResponse", HealthCheckResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -699,9 +659,7 @@ class InferBatchRequest(betterproto2.Message):
     As InferRequest.plugin.
     """
 
-    frames: "list[Frame]" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    frames: "list[Frame]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     1..MAX_BATCH_FRAMES (64) frames.
     """
@@ -726,9 +684,7 @@ class InferBatchResponse(betterproto2.Message):
     Result of InferBatch.
     """
 
-    items: "list[BatchItem]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    items: "list[BatchItem]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     One item per request frame, in request order.
     """
@@ -753,9 +709,7 @@ class InferRequest(betterproto2.Message):
     Or run a single plugin with default settings, e.g. "person".
     """
 
-    frame: "Frame | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    frame: "Frame | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
     """
     The frame.
     """
@@ -780,9 +734,7 @@ class InferResponse(betterproto2.Message):
     Result of InferSingleFrame.
     """
 
-    result: "InferResult | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    result: "InferResult | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
     The result of the frame.
     """
@@ -812,9 +764,7 @@ class InferResult(betterproto2.Message):
     Capture time of the frame, Unix milliseconds.
     """
 
-    type: "ResultType" = betterproto2.field(
-        4, betterproto2.TYPE_ENUM, default_factory=lambda: ResultType(0)
-    )
+    type: "ResultType" = betterproto2.field(4, betterproto2.TYPE_ENUM, default_factory=lambda: ResultType(0))
     """
     NORMAL or ALARM.
     """
@@ -884,17 +834,13 @@ class ListCamerasResponse(betterproto2.Message):
     All registered cameras.
     """
 
-    cameras: "list[CameraInfo]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    cameras: "list[CameraInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     Sorted by camera_id.
     """
 
 
-default_message_pool.register_message(
-    "infer", "ListCamerasResponse", ListCamerasResponse
-)
+default_message_pool.register_message("infer", "ListCamerasResponse", ListCamerasResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -906,9 +852,7 @@ class ListWorkflowsRequest(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message(
-    "infer", "ListWorkflowsRequest", ListWorkflowsRequest
-)
+default_message_pool.register_message("infer", "ListWorkflowsRequest", ListWorkflowsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -917,17 +861,13 @@ class ListWorkflowsResponse(betterproto2.Message):
     All deployed workflows.
     """
 
-    workflows: "list[WorkflowInfo]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    workflows: "list[WorkflowInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     Sorted by workflow_id.
     """
 
 
-default_message_pool.register_message(
-    "infer", "ListWorkflowsResponse", ListWorkflowsResponse
-)
+default_message_pool.register_message("infer", "ListWorkflowsResponse", ListWorkflowsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -1060,9 +1000,7 @@ class RemoveCameraRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "infer", "RemoveCameraRequest", RemoveCameraRequest
-)
+default_message_pool.register_message("infer", "RemoveCameraRequest", RemoveCameraRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1077,9 +1015,7 @@ class RemoveCameraResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "infer", "RemoveCameraResponse", RemoveCameraResponse
-)
+default_message_pool.register_message("infer", "RemoveCameraResponse", RemoveCameraResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -1098,9 +1034,7 @@ class StreamFrame(betterproto2.Message):
     Or a single plugin, as InferRequest.plugin.
     """
 
-    frame: "Frame | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    frame: "Frame | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
     """
     The frame.
     """
@@ -1125,16 +1059,12 @@ class SubscribeRequest(betterproto2.Message):
     Which results to stream. Empty lists match everything.
     """
 
-    camera_ids: "list[str]" = betterproto2.field(
-        1, betterproto2.TYPE_STRING, repeated=True
-    )
+    camera_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
     """
     Only these cameras.
     """
 
-    workflow_ids: "list[str]" = betterproto2.field(
-        2, betterproto2.TYPE_STRING, repeated=True
-    )
+    workflow_ids: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
     """
     Only these workflows.
     """
@@ -1159,17 +1089,13 @@ class UpdateWorkflowRequest(betterproto2.Message):
     A new version of an existing workflow.
     """
 
-    workflow: "WorkflowSpec | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    workflow: "WorkflowSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Replaces the stored spec whole; workflow_id names the workflow.
     """
 
 
-default_message_pool.register_message(
-    "infer", "UpdateWorkflowRequest", UpdateWorkflowRequest
-)
+default_message_pool.register_message("infer", "UpdateWorkflowRequest", UpdateWorkflowRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1178,17 +1104,13 @@ class UpdateWorkflowResponse(betterproto2.Message):
     Result of UpdateWorkflow.
     """
 
-    workflow: "WorkflowInfo | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    workflow: "WorkflowInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
     The stored workflow with its new version.
     """
 
 
-default_message_pool.register_message(
-    "infer", "UpdateWorkflowResponse", UpdateWorkflowResponse
-)
+default_message_pool.register_message("infer", "UpdateWorkflowResponse", UpdateWorkflowResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -1197,9 +1119,7 @@ class WorkflowInfo(betterproto2.Message):
     A deployed workflow as stored by the engine.
     """
 
-    spec: "WorkflowSpec | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    spec: "WorkflowSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
     The workflow as last deployed or updated.
     """
@@ -1209,9 +1129,7 @@ class WorkflowInfo(betterproto2.Message):
     Starts at 1, +1 on every successful UpdateWorkflow.
     """
 
-    camera_ids: "list[str]" = betterproto2.field(
-        3, betterproto2.TYPE_STRING, repeated=True
-    )
+    camera_ids: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
     """
     Cameras currently using this workflow.
     """
@@ -1236,9 +1154,7 @@ class WorkflowSpec(betterproto2.Message):
     Unique id, 1..64 characters of [A-Za-z0-9_.-].
     """
 
-    plugins: "list[str]" = betterproto2.field(
-        2, betterproto2.TYPE_STRING, repeated=True
-    )
+    plugins: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
     """
     Plugins run on every frame, in order, e.g. ["person"]; 1..8 names (see HealthCheckResponse.plugins).
     """
@@ -1248,16 +1164,12 @@ class WorkflowSpec(betterproto2.Message):
     Detections below this score are dropped from results, 0..1; 0 means the default 0.5.
     """
 
-    zones: "list[Zone]" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    zones: "list[Zone]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     Only detections inside one of these zones count; empty = the whole frame.
     """
 
-    alarm: "AlarmRule | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    alarm: "AlarmRule | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
     """
     When to raise an ALARM; unset = any detection of any label.
     """
@@ -1274,11 +1186,7 @@ class WorkflowSpec(betterproto2.Message):
     """
 
     params: "dict[str, str]" = betterproto2.field(
-        8,
-        betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        8, betterproto2.TYPE_MAP, map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING)
     )
     """
     Plugin-specific parameters, e.g. {"motion.threshold": "25"}; documented in docs/api.md.
@@ -1300,9 +1208,7 @@ class Zone(betterproto2.Message):
     Name shown in results and alarms, e.g. "loading-dock".
     """
 
-    points: "list[Point]" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    points: "list[Point]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     Polygon vertices in order, 3 to 64 points.
     """
@@ -1614,27 +1520,21 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def remove_camera(
-        self, message: "RemoveCameraRequest"
-    ) -> "RemoveCameraResponse":
+    async def remove_camera(self, message: "RemoveCameraRequest") -> "RemoveCameraResponse":
         """
         Stops a camera's decode task and forgets the camera. CAMERA_NOT_FOUND (1001) if the id is unknown.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list_cameras(
-        self, message: "ListCamerasRequest"
-    ) -> "ListCamerasResponse":
+    async def list_cameras(self, message: "ListCamerasRequest") -> "ListCamerasResponse":
         """
         Lists every registered camera with its live state.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def deploy_workflow(
-        self, message: "DeployWorkflowRequest"
-    ) -> "DeployWorkflowResponse":
+    async def deploy_workflow(self, message: "DeployWorkflowRequest") -> "DeployWorkflowResponse":
         """
         Creates a workflow (version 1). ALREADY_EXISTS if the id is taken, INVALID_ARGUMENT for a bad spec,
         PLUGIN_LOAD_FAILED (2001) if a named plugin cannot be loaded.
@@ -1642,9 +1542,7 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def update_workflow(
-        self, message: "UpdateWorkflowRequest"
-    ) -> "UpdateWorkflowResponse":
+    async def update_workflow(self, message: "UpdateWorkflowRequest") -> "UpdateWorkflowResponse":
         """
         Replaces a workflow with a new version; cameras switch between two frames. If the new version fails to
         load, the old one keeps running and the error is returned. WORKFLOW_NOT_FOUND (1002) if unknown.
@@ -1652,18 +1550,14 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def delete_workflow(
-        self, message: "DeleteWorkflowRequest"
-    ) -> "DeleteWorkflowResponse":
+    async def delete_workflow(self, message: "DeleteWorkflowRequest") -> "DeleteWorkflowResponse":
         """
         Deletes a workflow. FAILED_PRECONDITION while a camera still uses it (remove or re-point the camera first).
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list_workflows(
-        self, message: "ListWorkflowsRequest"
-    ) -> "ListWorkflowsResponse":
+    async def list_workflows(self, message: "ListWorkflowsRequest") -> "ListWorkflowsResponse":
         """
         Lists every deployed workflow with its current version.
         """
@@ -1685,9 +1579,7 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def health_check(
-        self, message: "HealthCheckRequest"
-    ) -> "HealthCheckResponse":
+    async def health_check(self, message: "HealthCheckRequest") -> "HealthCheckResponse":
         """
         Liveness and readiness of the engine. Answers in well under 10 ms; never touches a model.
         """
@@ -1701,9 +1593,7 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def subscribe_results(
-        self, message: "SubscribeRequest"
-    ) -> "AsyncIterator[InferResult]":
+    async def subscribe_results(self, message: "SubscribeRequest") -> "AsyncIterator[InferResult]":
         """
         Streams the results of camera frames as they are produced, filtered by the request.
         """
@@ -1711,9 +1601,7 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield InferResult()
 
-    async def stream_infer(
-        self, messages: "AsyncIterator[StreamFrame]"
-    ) -> "AsyncIterator[InferResult]":
+    async def stream_infer(self, messages: "AsyncIterator[StreamFrame]") -> "AsyncIterator[InferResult]":
         """
         Bidirectional: the client pushes its own frames, the server pushes one result per frame, in order.
         """
@@ -1721,9 +1609,7 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield InferResult()
 
-    async def __rpc_add_camera(
-        self, stream: "grpclib.server.Stream[AddCameraRequest, AddCameraResponse]"
-    ) -> None:
+    async def __rpc_add_camera(self, stream: "grpclib.server.Stream[AddCameraRequest, AddCameraResponse]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.add_camera(request)
@@ -1746,8 +1632,7 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_deploy_workflow(
-        self,
-        stream: "grpclib.server.Stream[DeployWorkflowRequest, DeployWorkflowResponse]",
+        self, stream: "grpclib.server.Stream[DeployWorkflowRequest, DeployWorkflowResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -1755,8 +1640,7 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_update_workflow(
-        self,
-        stream: "grpclib.server.Stream[UpdateWorkflowRequest, UpdateWorkflowResponse]",
+        self, stream: "grpclib.server.Stream[UpdateWorkflowRequest, UpdateWorkflowResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -1764,8 +1648,7 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_delete_workflow(
-        self,
-        stream: "grpclib.server.Stream[DeleteWorkflowRequest, DeleteWorkflowResponse]",
+        self, stream: "grpclib.server.Stream[DeleteWorkflowRequest, DeleteWorkflowResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -1773,25 +1656,20 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_workflows(
-        self,
-        stream: "grpclib.server.Stream[ListWorkflowsRequest, ListWorkflowsResponse]",
+        self, stream: "grpclib.server.Stream[ListWorkflowsRequest, ListWorkflowsResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.list_workflows(request)
         await stream.send_message(response)
 
-    async def __rpc_infer_single_frame(
-        self, stream: "grpclib.server.Stream[InferRequest, InferResponse]"
-    ) -> None:
+    async def __rpc_infer_single_frame(self, stream: "grpclib.server.Stream[InferRequest, InferResponse]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.infer_single_frame(request)
         await stream.send_message(response)
 
-    async def __rpc_infer_batch(
-        self, stream: "grpclib.server.Stream[InferBatchRequest, InferBatchResponse]"
-    ) -> None:
+    async def __rpc_infer_batch(self, stream: "grpclib.server.Stream[InferBatchRequest, InferBatchResponse]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.infer_batch(request)
@@ -1805,17 +1683,13 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.health_check(request)
         await stream.send_message(response)
 
-    async def __rpc_get_metrics(
-        self, stream: "grpclib.server.Stream[MetricsRequest, MetricsResponse]"
-    ) -> None:
+    async def __rpc_get_metrics(self, stream: "grpclib.server.Stream[MetricsRequest, MetricsResponse]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.get_metrics(request)
         await stream.send_message(response)
 
-    async def __rpc_subscribe_results(
-        self, stream: "grpclib.server.Stream[SubscribeRequest, InferResult]"
-    ) -> None:
+    async def __rpc_subscribe_results(self, stream: "grpclib.server.Stream[SubscribeRequest, InferResult]") -> None:
         request = await stream.recv_message()
         assert request is not None
         await self._call_rpc_handler_server_stream(
@@ -1824,9 +1698,7 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
-    async def __rpc_stream_infer(
-        self, stream: "grpclib.server.Stream[StreamFrame, InferResult]"
-    ) -> None:
+    async def __rpc_stream_infer(self, stream: "grpclib.server.Stream[StreamFrame, InferResult]") -> None:
         request = stream.__aiter__()
         await self._call_rpc_handler_server_stream(
             self.stream_infer,
