@@ -7,14 +7,24 @@ is a pure function of the config, the detected hardware and an optional per-work
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
+import platform
 from dataclasses import dataclass
 
 log = logging.getLogger("edgebox.engine.hardware")
 
-# Preference order for "auto": the GPU paths first, then OpenVINO on CPU (measured faster than onnxruntime-cpu
-# on the person model, see docs/benchmarks.md), onnxruntime-cpu last.
+# Preference order for "auto": the GPU paths first, then OpenVINO on CPU, onnxruntime-cpu last. On the 2-core
+# AMD test box the two CPU backends are within noise of each other (docs/benchmarks.md#inference); OpenVINO is
+# ahead on Intel CPUs, which is what edge boxes mostly have.
 AUTO_ORDER = ("onnxruntime-cuda", "openvino-gpu", "openvino-npu", "openvino-cpu", "onnxruntime-cpu")
+GPU_BACKENDS = ("onnxruntime-cuda", "openvino-gpu")
+
+
+@dataclass(frozen=True)
+class CudaDriver:
+    devices: int
+    reason: str  # why there are none ("" when devices > 0)
 
 
 @dataclass(frozen=True)
@@ -25,32 +35,60 @@ class Hardware:
 
     @property
     def gpu_available(self) -> bool:
-        return self.cuda_devices > 0 or "GPU" in self.openvino_devices
+        """A GPU that a backend can use, not merely one that is installed."""
+        return any(name in GPU_BACKENDS for name in self.usable_backends())
 
     def usable_backends(self) -> list[str]:
         usable = []
         if self.cuda_devices > 0 and "CUDAExecutionProvider" in self.onnxruntime_providers:
             usable.append("onnxruntime-cuda")
         for device in ("GPU", "NPU", "CPU"):
-            if device in self.openvino_devices:
+            if has_openvino_device(self.openvino_devices, device):
                 usable.append(f"openvino-{device.lower()}")
         if "CPUExecutionProvider" in self.onnxruntime_providers:
             usable.append("onnxruntime-cpu")
         return usable
 
 
-def cuda_device_count() -> int:
-    """Number of CUDA devices the driver reports; 0 when there is no driver (it never raises)."""
+def has_openvino_device(available: tuple[str, ...] | list[str], device: str) -> bool:
+    """OpenVINO names the second GPU "GPU.1" (and then the first "GPU.0"); "GPU" means the first of them."""
+    return any(name == device or name.startswith(device + ".") for name in available)
+
+
+def cuda_driver() -> CudaDriver:
+    """CUDA devices the driver reports, and why there are none; it never raises."""
     for name in ("libcuda.so.1", "libcuda.so"):
         try:
             lib = ctypes.CDLL(name)
         except OSError:
             continue
+        status = lib.cuInit(0)
+        if status != 0:
+            return CudaDriver(0, f"the NVIDIA driver is installed but cuInit failed (CUresult {status}): no GPU, "
+                                 "or the driver does not match the kernel module")
         count = ctypes.c_int(0)
-        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
+        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+            return CudaDriver(0, "the NVIDIA driver reports no CUDA device")
+        return CudaDriver(count.value, "")
+    return CudaDriver(0, "no NVIDIA driver (libcuda.so.1 not found)")
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices the driver reports; 0 when there is no driver (it never raises)."""
+    return cuda_driver().devices
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU model, e.g. "AMD EPYC 7B13", for the device shown next to a CPU backend."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def detect_hardware() -> Hardware:
@@ -66,11 +104,13 @@ def detect_hardware() -> Hardware:
         from edgebox.engine.backends.openvino_backend import openvino_core
 
         devices = tuple(openvino_core().available_devices)
-    except Exception as exc:  # a broken OpenVINO install must not stop the engine
+    except Exception as exc:  # noqa: BLE001 - a broken OpenVINO install must not stop the engine
         log.warning("OpenVINO is unavailable: %s", exc)
-    hw = Hardware(cuda_device_count(), devices, providers)
-    log.info("hardware: %d CUDA device(s), OpenVINO devices %s; usable backends: %s",
-             hw.cuda_devices, list(devices) or "none", ", ".join(hw.usable_backends()) or "none")
+    driver = cuda_driver()
+    hw = Hardware(driver.devices, devices, providers)
+    log.info("hardware: %d CUDA device(s)%s, OpenVINO devices %s; usable backends: %s",
+             hw.cuda_devices, f" ({driver.reason})" if driver.reason else "", list(devices) or "none",
+             ", ".join(hw.usable_backends()) or "none")
     return hw
 
 

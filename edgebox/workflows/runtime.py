@@ -8,6 +8,7 @@ going when one plugin fails, filters by zones and decides NORMAL/ALARM with the 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,15 +16,20 @@ from typing import Any
 import numpy as np
 import trio
 
+from edgebox.config import EngineConfig
 from edgebox.engine.models import ModelPool
 from edgebox.engine.scheduler import FrameDropped, ModelQueue
-from edgebox.errors import EdgeboxError, InternalError, InvalidRequest
+from edgebox.errors import EdgeboxError, InferenceTimeout, InternalError, InvalidRequest
 from edgebox.plugin_api import Detection, Plugin
 from edgebox.plugins_loader import PluginRegistry
 from edgebox.workflows.rules import AlarmState, evaluate_alarm, filter_detections
 from edgebox.workflows.spec import WorkflowSpec
 
 log = logging.getLogger("edgebox.workflows")
+
+# Worker threads one plugin of one runtime may hold. A plugin stuck in its own code keeps its abandoned threads
+# (see `_run_plugin`) until they return; this bound keeps them out of trio's shared thread limiter.
+PLUGIN_THREADS = 40
 
 
 @dataclass
@@ -56,12 +62,15 @@ class FrameVerdict:
 
 class WorkflowRuntime:
     def __init__(self, spec: WorkflowSpec, version: int, plugins: list[Plugin],
-                 queues: Mapping[str, ModelQueue | None]) -> None:
+                 queues: Mapping[str, ModelQueue | None],
+                 timeout_s: float = EngineConfig.inference_timeout_s) -> None:
         self.spec = spec
         self.version = version
         self.plugins = plugins
         self._queues = queues
         self._params = {p.name: spec.plugin_params(p.name) for p in plugins}
+        self._timeout_s = timeout_s
+        self._limiters = {p.name: trio.CapacityLimiter(PLUGIN_THREADS) for p in plugins}
 
     @property
     def backends(self) -> list[str]:
@@ -82,7 +91,7 @@ class WorkflowRuntime:
         queues: dict[str, ModelQueue | None] = {}
         for plugin in plugins:
             queues[plugin.name] = await pool.queue_for(plugin, spec.backend) if plugin.model else None
-        return cls(spec, version, plugins, queues)
+        return cls(spec, version, plugins, queues, pool.settings.timeout_s)
 
     def new_source_state(self) -> SourceState:
         return SourceState({p.name: p.new_state() for p in self.plugins})
@@ -103,24 +112,40 @@ class WorkflowRuntime:
                 errors[plugin.name] = exc.client_message()
                 first_error = first_error or exc
             except Exception as exc:  # a plugin bug fails only its own part of the result
-                log.exception("plugin %s raised on a frame", plugin.name)
-                errors[plugin.name] = f"{type(exc).__name__}: {exc}"
-                first_error = first_error or _plugin_crash(plugin, exc)
+                incident = uuid.uuid4().hex[:12]
+                log.exception("plugin %s raised on a frame (incident %s)", plugin.name, incident)
+                errors[plugin.name] = f"{type(exc).__name__}: {exc} (incident {incident})"
+                first_error = first_error or _plugin_crash(plugin, exc, incident)
         kept = filter_detections(self.spec, detections, width, height)
         alarm = evaluate_alarm(self.spec, kept, state.alarm, now_ms)
         return FrameVerdict(kept, alarm, width, height, errors, first_error)
 
     async def _run_plugin(self, plugin: Plugin, image: np.ndarray, state: SourceState,
                           droppable: bool) -> list[Detection]:
+        # The scheduler's deadline covers only queue + backend. The plugin's own code runs in worker threads
+        # that may never return, so the whole plugin run gets the same deadline; a thread that overruns it is
+        # abandoned (its result is discarded when it finally returns) and the frame fails with 3001.
+        with trio.move_on_after(self._timeout_s):
+            return await self._run_plugin_steps(plugin, image, state, droppable)
+        raise InferenceTimeout(f"plugin {plugin.name!r} did not finish within {self._timeout_s:g} s "
+                               "(engine.inference_timeout_s); the plugin's own code is stuck or too slow")
+
+    async def _run_plugin_steps(self, plugin: Plugin, image: np.ndarray, state: SourceState,
+                                droppable: bool) -> list[Detection]:
         params = self._params[plugin.name]
         queue = self._queues[plugin.name]
+        limiter = self._limiters[plugin.name]
+
+        async def in_thread(fn: Any, *args: Any) -> Any:
+            return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True, limiter=limiter)
+
         if queue is None:
-            plugin_state = state.plugin_states.get(plugin.name)
-            return await trio.to_thread.run_sync(plugin.process, image, plugin_state, params)
-        tensor, context = await trio.to_thread.run_sync(plugin.preprocess, image, params)
+            return await in_thread(plugin.process, image, state.plugin_states.get(plugin.name), params)
+        tensor, context = await in_thread(plugin.preprocess, image, params)
         outputs = await queue.infer(tensor, droppable=droppable)
-        return await trio.to_thread.run_sync(plugin.postprocess, outputs, context, params)
+        return await in_thread(plugin.postprocess, outputs, context, params)
 
 
-def _plugin_crash(plugin: Plugin, exc: Exception) -> EdgeboxError:
-    return InternalError(f"plugin {plugin.name!r} failed on this frame: {type(exc).__name__}: {exc}")
+def _plugin_crash(plugin: Plugin, exc: Exception, incident: str) -> EdgeboxError:
+    return InternalError(f"plugin {plugin.name!r} failed on this frame: {type(exc).__name__}: {exc} (incident "
+                         f"{incident}; the engine log has the traceback)")

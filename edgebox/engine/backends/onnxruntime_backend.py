@@ -1,4 +1,9 @@
-"""onnxruntime sessions on CUDA (onnxruntime-gpu) or CPU, with a loud, checked fallback."""
+"""onnxruntime sessions on CUDA (onnxruntime-gpu) or CPU, with a loud, checked fallback.
+
+A CUDA request is checked twice: the driver must report a device before a session is made (listing the CUDA
+provider proves nothing), and the session must really run on CUDA afterwards (onnxruntime silently falls back
+to CPU when the CUDA 13 / cuDNN 9 libraries are missing).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import logging
 import numpy as np
 
 from edgebox.engine.backends.base import LoadedModel
+from edgebox.engine.hardware import cpu_name, cuda_driver
 from edgebox.errors import BackendInitFailed
 from edgebox.plugin_api import ModelSpec
 
@@ -15,29 +21,36 @@ log = logging.getLogger("edgebox.engine.onnxruntime")
 
 def load_onnxruntime(spec: ModelSpec, threads: int, *, cuda: bool) -> LoadedModel:
     """Create a session; with cuda=True, fail (BACKEND_INIT_FAILED) unless CUDA is really the provider in use."""
+    name = "onnxruntime-cuda" if cuda else "onnxruntime-cpu"
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise BackendInitFailed(f"onnxruntime is not installed: {exc}") from None
+        raise BackendInitFailed(f"{name}: onnxruntime is not installed: {exc}") from None
+    if cuda:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendInitFailed(f"{name}: this onnxruntime build has no CUDA provider (install onnxruntime-gpu)")
+        driver = cuda_driver()
+        if driver.devices == 0:
+            raise BackendInitFailed(f"{name}: no usable NVIDIA GPU: {driver.reason}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the CUDA probe's missing-library errors are reported by us, once
+    # Idle intra-op threads must sleep, not spin: on a small box the model shares the cores with decoding,
+    # pre/postprocessing and gRPC, and spinning took 40-70 % more CPU per frame and lost throughput
+    # (docs/benchmarks.md#inference).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    name = "onnxruntime-cuda" if cuda else "onnxruntime-cpu"
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-    if cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise BackendInitFailed("onnxruntime-cuda: this onnxruntime build has no CUDA provider "
-                                "(install onnxruntime-gpu)")
     try:
         session = ort.InferenceSession(str(spec.path), sess_options=options, providers=providers)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to load is this backend's BACKEND_INIT_FAILED
         raise BackendInitFailed(f"{name}: cannot load {spec.path.name}: {exc}") from None
-    in_use = session.get_providers()
-    if cuda and in_use[0] != "CUDAExecutionProvider":
+    if cuda and session.get_providers()[0] != "CUDAExecutionProvider":
         raise BackendInitFailed(
-            "onnxruntime-cuda: the CUDA provider is installed but not usable here (no NVIDIA driver, or CUDA 12/"
-            "cuDNN 9 libraries missing: see docs/operations.md#nvidia-hosts); onnxruntime would run on CPU")
+            f"{name}: the NVIDIA driver sees a GPU but onnxruntime's CUDA provider did not start (the CUDA 13 and "
+            "cuDNN 9 libraries are missing: install onnxruntime-gpu[cuda,cudnn] or the CUDA toolkit); "
+            "onnxruntime would silently run on CPU")
     input_meta = session.get_inputs()[0]
     input_name = input_meta.name
     output_names = [o.name for o in session.get_outputs()]
@@ -47,5 +60,5 @@ def load_onnxruntime(spec: ModelSpec, threads: int, *, cuda: bool) -> LoadedMode
     def run(batch: np.ndarray) -> list[np.ndarray]:
         return session.run(output_names, {input_name: batch})
 
-    device = "CUDA:0" if cuda else "CPU"
+    device = "CUDA:0" if cuda else f"CPU ({cpu_name()})"
     return LoadedModel(backend=name, device=device, run=run, supports_batch=supports_batch)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
 from edgebox.engine.backends.base import LoadedModel
+from edgebox.engine.hardware import has_openvino_device
 from edgebox.errors import BackendInitFailed
 from edgebox.plugin_api import ModelSpec
 
@@ -14,7 +16,7 @@ log = logging.getLogger("edgebox.engine.openvino")
 _core = None
 
 
-def openvino_core():  # noqa: ANN201 - openvino.Core, imported lazily (it takes ~0.3 s)
+def openvino_core():
     """One shared Core per process: it owns the device plugins."""
     global _core
     if _core is None:
@@ -31,16 +33,18 @@ def load_openvino(spec: ModelSpec, threads: int, device: str) -> LoadedModel:
         core = openvino_core()
     except ImportError as exc:
         raise BackendInitFailed(f"{name}: openvino is not installed: {exc}") from None
-    if device not in core.available_devices:
+    if not has_openvino_device(core.available_devices, device):
         raise BackendInitFailed(f"{name}: device {device} is not available here "
                                 f"(OpenVINO sees: {', '.join(core.available_devices) or 'none'})")
-    config = {"PERFORMANCE_HINT": "THROUGHPUT" if device != "CPU" else "LATENCY"}
+    # One request at a time per model (the scheduler batches instead of running requests in parallel), so the
+    # CPU gets the latency hint; accelerators get the throughput hint, which sizes their internal streams.
+    config: dict[str, object] = {"PERFORMANCE_HINT": "THROUGHPUT" if device != "CPU" else "LATENCY"}
     if threads and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = threads
     try:
         model = core.read_model(str(spec.path))
         compiled = core.compile_model(model, device, config)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to compile is this backend's BACKEND_INIT_FAILED
         raise BackendInitFailed(f"{name}: cannot compile {spec.path.name}: {exc}") from None
     request = compiled.create_infer_request()
     outputs = compiled.outputs
@@ -48,8 +52,10 @@ def load_openvino(spec: ModelSpec, threads: int, device: str) -> LoadedModel:
     supports_batch = batch_dim.is_dynamic or batch_dim.get_length() != 1
     full_name = core.get_property(device, "FULL_DEVICE_NAME")
 
-    def run(batch: np.ndarray) -> list[np.ndarray]:
-        result = request.infer({0: batch})
-        return [np.array(result[o]) for o in outputs]
+    def run(batch: np.ndarray) -> Sequence[np.ndarray]:
+        # share_inputs: the scheduler's stacked batch outlives the call, so OpenVINO may read it in place; the
+        # outputs are copied out of the request (share_outputs=False) because the next call overwrites them.
+        result = request.infer({0: batch}, share_inputs=True, share_outputs=False)
+        return [result[o] for o in outputs]
 
     return LoadedModel(backend=name, device=f"{device} ({full_name})", run=run, supports_batch=supports_batch)

@@ -1,0 +1,230 @@
+"""Backend detection and selection, with the backend loaders as the only boundary that tests replace."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import trio
+
+from edgebox.engine.backends import BACKEND_LOADERS, LoadedModel
+from edgebox.engine.hardware import AUTO_ORDER, Hardware, backend_candidates, cuda_device_count, has_openvino_device
+from edgebox.engine.scheduler import ModelQueue, QueueSettings
+from edgebox.errors import BackendInitFailed, ErrorCode
+from edgebox.metrics import Metrics, total
+from tests.engine.faults import echo_model
+
+NO_CUDA = cuda_device_count() == 0
+
+
+def _first_usable(hardware: Hardware) -> str:
+    return next(name for name in AUTO_ORDER if name in hardware.usable_backends())
+
+
+# -- detection ---------------------------------------------------------------------------------------------------
+def test_listed_cuda_provider_without_a_cuda_device_is_not_usable():
+    hw = Hardware(0, ("CPU",), ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert hw.usable_backends() == ["openvino-cpu", "onnxruntime-cpu"]
+    assert not hw.gpu_available
+
+
+def test_cuda_device_without_onnxruntime_cuda_provider_is_no_usable_gpu():
+    hw = Hardware(1, ("CPU",), ("CPUExecutionProvider",))
+    assert "onnxruntime-cuda" not in hw.usable_backends()
+    assert not hw.gpu_available
+
+
+def test_numbered_openvino_gpus_count_as_gpu():
+    assert has_openvino_device(("CPU", "GPU.0", "GPU.1"), "GPU")
+    assert not has_openvino_device(("CPU", "NPU"), "GPU")
+    hw = Hardware(0, ("CPU", "GPU.0", "GPU.1"), ("CPUExecutionProvider",))
+    assert hw.usable_backends() == ["openvino-gpu", "openvino-cpu", "onnxruntime-cpu"]
+    assert hw.gpu_available
+
+
+def test_explicit_request_is_the_only_candidate_and_auto_follows_auto_order(hardware):
+    assert backend_candidates("onnxruntime-cpu", hardware) == ["onnxruntime-cpu"]
+    auto = backend_candidates("auto", hardware)
+    assert auto == [name for name in AUTO_ORDER if name in hardware.usable_backends()]
+    assert backend_candidates("", hardware) == auto
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA device")
+def test_auto_on_this_machine_picks_openvino_cpu(hardware):
+    assert backend_candidates("auto", hardware)[0] == "openvino-cpu"
+
+
+# -- selection through the model pool ----------------------------------------------------------------------------
+async def test_auto_loads_the_first_usable_backend_and_logs_it(open_pool, registry, hardware, caplog):
+    caplog.set_level(logging.INFO, "edgebox.engine")
+    async with open_pool(backend="auto") as (pool, metrics):
+        queue = await pool.queue_for(registry.get("person"))
+        assert queue.model.backend == _first_usable(hardware)
+        [info] = pool.loaded()
+        assert (info.model, info.backend, info.device) == ("person", queue.model.backend, queue.model.device)
+        assert total(metrics.backend_in_use, model="person", backend=queue.model.backend) == 1
+    assert f"model person loaded on {queue.model.label}" in caplog.text
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA device")
+async def test_explicit_onnxruntime_cuda_without_driver_fails_with_backend_init_failed_2002(open_pool, registry):
+    async with open_pool() as (pool, _):
+        with pytest.raises(BackendInitFailed) as info:
+            await pool.queue_for(registry.get("person"), "onnxruntime-cuda")
+        assert pool.loaded() == []
+    assert info.value.code == ErrorCode.BACKEND_INIT_FAILED == 2002
+    assert "onnxruntime-cuda" in info.value.message
+    assert "no usable NVIDIA GPU" in info.value.message or "no CUDA provider" in info.value.message
+    assert "driver" in info.value.message or "onnxruntime-gpu" in info.value.message
+
+
+async def test_unknown_backend_name_fails_with_2002(open_pool, registry):
+    async with open_pool() as (pool, _):
+        with pytest.raises(BackendInitFailed, match="onnxruntime-tensorrt: unknown backend"):
+            await pool.queue_for(registry.get("person"), "onnxruntime-tensorrt")
+
+
+@pytest.mark.parametrize("failure", [BackendInitFailed("injected: device lost"), RuntimeError("injected: segfault")])
+async def test_failed_first_candidate_under_auto_falls_back_to_the_next_logged_and_counted(
+        open_pool, registry, hardware, monkeypatch, caplog, failure):
+    candidates = backend_candidates("auto", hardware)
+    if len(candidates) < 2:
+        pytest.skip("needs two usable backends")
+    first, second = candidates[:2]
+
+    def broken(spec, threads):
+        raise failure
+
+    monkeypatch.setitem(BACKEND_LOADERS, first, broken)
+    caplog.set_level(logging.INFO, "edgebox.engine")
+    async with open_pool(backend="auto") as (pool, metrics):
+        queue = await pool.queue_for(registry.get("person"))
+        assert queue.model.backend == second
+        assert total(metrics.backend_fallbacks, model="person", wanted=first, used=second) == 1
+        assert [(f.wanted, f.used) for f in pool.fallbacks] == [(first, second)]
+    fallback_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FALLBACK")]
+    expected = f"FALLBACK: person runs on {queue.model.label} instead of {first} because: {pool.fallbacks[0].reason}"
+    assert fallback_lines == [expected]
+    assert "injected" in pool.fallbacks[0].reason
+
+
+async def test_failed_explicit_backend_does_not_fall_back(open_pool, registry, monkeypatch):
+    def broken(spec, threads):
+        raise BackendInitFailed("openvino-cpu: injected")
+
+    monkeypatch.setitem(BACKEND_LOADERS, "openvino-cpu", broken)
+    async with open_pool() as (pool, metrics):
+        with pytest.raises(BackendInitFailed, match="injected"):
+            await pool.queue_for(registry.get("person"), "openvino-cpu")
+        assert total(metrics.backend_fallbacks) == 0
+
+
+async def test_auto_and_the_backend_it_picks_share_one_queue(open_pool, registry, hardware):
+    async with open_pool(backend="auto") as (pool, _):
+        person = registry.get("person")
+        by_auto = await pool.queue_for(person)
+        by_name = await pool.queue_for(person, by_auto.model.backend)
+        assert by_name is by_auto
+        assert len(pool.loaded()) == 1
+
+
+# -- real backends through the scheduler's worker thread -------------------------------------------------------
+@pytest.mark.parametrize("backend", ["onnxruntime-cpu", "openvino-cpu"])
+async def test_batched_outputs_equal_one_by_one_outputs_on_a_real_model(backend, registry, hardware):
+    if backend not in hardware.usable_backends():
+        pytest.skip(f"{backend} is not usable here")
+    person = registry.get("person")
+    model = await trio.to_thread.run_sync(BACKEND_LOADERS[backend], person.model, 0)
+    rng = np.random.default_rng(1)
+    tensors = [rng.integers(0, 255, (300, 300, 3), dtype=np.uint8) for _ in range(3)]
+    queue = ModelQueue("person", model, QueueSettings(4, 0.05, 16, 30.0), Metrics())
+    results: list = [None] * 3
+
+    async def one(i: int) -> None:
+        results[i] = await queue.infer(tensors[i], droppable=False)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        async with trio.open_nursery() as sources:
+            for i in range(3):
+                sources.start_soon(one, i)
+        nursery.cancel_scope.cancel()
+    for i in range(3):
+        alone = model.run(tensors[i][np.newaxis])
+        for got, want in zip(results[i], alone):
+            np.testing.assert_allclose(got, want[0], atol=1e-4)
+
+
+async def test_model_that_takes_only_batch_1_gets_the_batch_item_by_item():
+    seen: list[int] = []
+
+    def batch_one_only(batch: np.ndarray) -> list[np.ndarray]:
+        seen.append(len(batch))
+        assert len(batch) == 1
+        return echo_model(batch)
+
+    model = LoadedModel("fake-cpu", "CPU", run=batch_one_only, supports_batch=False)
+    queue = ModelQueue("fake", model, QueueSettings(4, 0.05, 16, 30.0), Metrics())
+    results: list = [None] * 3
+
+    async def one(i: int) -> None:
+        results[i] = await queue.infer(np.full((2,), i, np.float32), droppable=False)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        async with trio.open_nursery() as sources:
+            for i in range(3):
+                sources.start_soon(one, i)
+        nursery.cancel_scope.cancel()
+    assert seen == [1, 1, 1]
+    assert [float(r[0]) for r in results] == [0.0, 2.0, 4.0]
+
+
+async def test_model_that_loses_the_batch_axis_fails_with_internal_error_not_a_crash():
+    model = LoadedModel("fake-cpu", "CPU", run=lambda batch: [np.zeros(1)])
+    queue = ModelQueue("fake", model, QueueSettings(4, 0.0, 16, 30.0, retry_delays_s=()), Metrics())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        async with trio.open_nursery() as sources:
+            errors = []
+
+            async def one() -> None:
+                try:
+                    await queue.infer(np.zeros(2), droppable=False)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+            for _ in range(2):
+                sources.start_soon(one)
+        nursery.cancel_scope.cancel()
+    assert len(errors) == 2 and all(e.code == ErrorCode.INTERNAL_ERROR for e in errors)
+    assert "batch axis" in errors[0].message
+
+
+# -- CUDA: only where the driver reports a device --------------------------------------------------------------
+@pytest.mark.skipif(NO_CUDA, reason="no CUDA device on this machine (the driver reports none)")
+async def test_onnxruntime_cuda_runs_on_the_gpu_and_agrees_with_cpu(registry):
+    person = registry.get("person")
+    gpu = await trio.to_thread.run_sync(BACKEND_LOADERS["onnxruntime-cuda"], person.model, 0)
+    cpu = await trio.to_thread.run_sync(BACKEND_LOADERS["onnxruntime-cpu"], person.model, 0)
+    assert gpu.backend == "onnxruntime-cuda" and gpu.device.startswith("CUDA")
+    batch = np.random.default_rng(2).integers(0, 255, (2, 300, 300, 3), dtype=np.uint8)
+    for got, want in zip(gpu.run(batch), cpu.run(batch)):
+        np.testing.assert_allclose(got, want, atol=1e-2)
+
+
+# -- what the node reports ---------------------------------------------------------------------------------------
+async def test_health_lists_usable_backends_and_each_loaded_model_with_its_device(open_pool, registry, hardware):
+    from edgebox.node import Node
+
+    async with open_pool(backend="auto") as (pool, metrics):
+        queue = await pool.queue_for(registry.get("face"))
+        # Health reads only the plugins, the hardware and the pool: the other parts are not needed here.
+        node = Node(registry, pool, None, None, None, metrics, hardware)  # type: ignore[arg-type]
+        health = node.health()
+        [loaded] = node.loaded_models()
+    assert health.backends == hardware.usable_backends()
+    assert health.gpu_available == hardware.gpu_available
+    assert (loaded.model, loaded.backend, loaded.device) == ("face", queue.model.backend, queue.model.device)
+    assert health.models == [f"face: {queue.model.backend} on {queue.model.device}"]

@@ -1,0 +1,61 @@
+"""A plugin that fails at run time fails only its own part of a workflow's result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgebox.errors import ErrorCode
+from edgebox.plugins_loader import builtin_plugin_dir, load_plugins
+from edgebox.workflows.runtime import WorkflowRuntime
+from edgebox.workflows.spec import parse_workflow_spec
+from tests.plugins.conftest import photo
+
+BOOM = """
+from edgebox.plugin_api import Plugin
+
+class Boom(Plugin):
+    def process(self, image, state, params):
+        raise ZeroDivisionError("the plugin's own bug")
+"""
+
+
+def _boom_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "boom"
+    folder.mkdir()
+    (folder / "plugin.json").write_text('{"name": "boom", "module": "plugin.py", "class": "Boom"}')
+    (folder / "plugin.py").write_text(BOOM)
+    return tmp_path
+
+
+async def test_plugin_raising_at_run_time_fails_only_its_part_of_a_two_plugin_workflow(tmp_path, open_pool):
+    registry = load_plugins([builtin_plugin_dir(), _boom_dir(tmp_path)])
+    spec = parse_workflow_spec({"workflow_id": "wf", "plugins": ["person", "boom"]})
+    async with open_pool() as (pool, _):
+        runtime = await WorkflowRuntime.load(spec, 1, registry, pool)
+        verdict = await runtime.evaluate(photo("astronaut"), runtime.new_source_state(), now_ms=0,
+                                         droppable=False)
+    assert [d.label for d in verdict.detections] == ["person"]
+    assert list(verdict.plugin_errors) == ["boom"]
+    assert "ZeroDivisionError: the plugin's own bug" in verdict.plugin_errors["boom"]
+    assert verdict.first_error is not None and verdict.first_error.code == ErrorCode.INTERNAL_ERROR
+    assert verdict.alarm  # the person alone raises the alarm
+
+
+async def test_backend_failure_fails_only_the_model_plugin(open_pool, monkeypatch):
+    registry = load_plugins([builtin_plugin_dir()])
+    spec = parse_workflow_spec({"workflow_id": "wf", "plugins": ["person", "motion"]})
+    async with open_pool() as (pool, _):
+        runtime = await WorkflowRuntime.load(spec, 1, registry, pool)
+        [queue] = pool.queues
+
+        def broken(batch):
+            raise RuntimeError("device lost")
+
+        monkeypatch.setattr(queue.model, "run", broken)
+        state = runtime.new_source_state()
+        image = photo("astronaut")
+        await runtime.evaluate(image, state, now_ms=0, droppable=False)
+        verdict = await runtime.evaluate(image[:, ::-1].copy(), state, now_ms=100, droppable=False)
+    assert "motion" in {d.label for d in verdict.detections}
+    assert list(verdict.plugin_errors) == ["person"]
+    assert "[9999 INTERNAL_ERROR]" in verdict.plugin_errors["person"] and "device lost" in verdict.plugin_errors["person"]
