@@ -54,16 +54,13 @@ class Metrics:
         self.frames_dropped = Counter(
             "edgebox_frames_dropped", "Sampled camera frames dropped, by reason (queue_full: scheduler overflow; "
             "busy: the camera's previous frame was still being processed)", ["camera", "reason"], registry=r)
-        self.frames_in = Counter("edgebox_camera_frames_in", "Frames decoded per camera", ["camera"], registry=r)
         self.frames_inferred = Counter(
             "edgebox_camera_frames_inferred", "Sampled frames turned into results per camera", ["camera"], registry=r)
         self.frame_age = Histogram(
             "edgebox_frame_age_seconds", "Capture-to-result age of camera frames", ["camera"],
             buckets=LATENCY_BUCKETS, registry=r)
-        self.reconnects = Counter(
-            "edgebox_camera_reconnects", "Times a camera stream was reopened", ["camera"], registry=r)
-        self.camera_state = Gauge(
-            "edgebox_camera_state", "1 for the state each camera is in", ["camera", "state"], registry=r)
+        # edgebox_camera_frames_in, _reconnects, _state, _fps_in/_out and _info are read from the cameras' own
+        # counters at scrape time (edgebox.web.collectors.EngineCollector), so they are not duplicated here.
         self.results = Counter("edgebox_results", "Results produced, by type", ["type"], registry=r)
         self.subscriber_missed = Counter(
             "edgebox_subscriber_missed_results", "Results not delivered to a slow subscriber", registry=r)
@@ -81,9 +78,9 @@ class Metrics:
 
     def forget_camera(self, camera_id: str) -> None:
         """Drop a removed camera's labelled series so that /metrics does not grow without bound."""
-        for metric in (self.frames_in, self.frames_inferred, self.frame_age, self.reconnects):
+        for metric in (self.frames_inferred, self.frame_age):
             _remove(metric, (camera_id,))
-        for metric in (self.frames_dropped, self.camera_state):
+        for metric in (self.frames_dropped,):
             for labels in _label_sets(metric):
                 if labels[0] == camera_id:
                     _remove(metric, labels)

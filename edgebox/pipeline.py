@@ -92,8 +92,9 @@ class CameraPipeline:
     async def _process(self, frame: CapturedFrame) -> None:
         try:
             runtime = self._runtime_of(self.workflow_id)  # looked up per frame: an update applies to the next one
-        except EdgeboxError as exc:
+        except EdgeboxError as exc:  # e.g. the stored workflow failed to load: still one result per frame
             self.last_error = exc.client_message()
+            self._publish_error(frame, exc)
             return
         self.backend = ", ".join(runtime.backends) or "none"
         state = self._state_for(runtime)
@@ -153,11 +154,24 @@ class CameraPipeline:
         self._last_result_mono = mono
         self.results += 1
         self.latest = LatestFrame(frame.image, detections, verdict.alarm, int(frame.captured_at * 1000))
+        # Every plugin failed: the frame has no verdict, so the result carries the first plugin's error code.
+        failed = verdict.first_error if len(verdict.plugin_errors) == len(runtime.plugins) else None
         self._hub.publish(Result(
             source_id=self.camera_id, workflow_id=runtime.spec.workflow_id, workflow_version=runtime.version,
             timestamp_ms=int(frame.captured_at * 1000), alarm=verdict.alarm,
             json_data=json.dumps(verdict.to_json({"frame_seq": frame.seq}), separators=(",", ":")),
-            image_jpeg=snapshot, frame_seq=frame.seq, latency_ms=age * 1000))
+            image_jpeg=snapshot, frame_seq=frame.seq, latency_ms=age * 1000,
+            error_code=int(failed.code) if failed else 0, error_message=failed.client_message() if failed else ""))
+
+    def _publish_error(self, frame: CapturedFrame, error: EdgeboxError) -> None:
+        age = max(0.0, time.time() - frame.captured_at)
+        self.results += 1
+        self._hub.publish(Result(
+            source_id=self.camera_id, workflow_id=self.workflow_id, workflow_version=0,
+            timestamp_ms=int(frame.captured_at * 1000), alarm=False,
+            json_data=json.dumps({"detections": [], "frame_seq": frame.seq}, separators=(",", ":")),
+            frame_seq=frame.seq, latency_ms=age * 1000, error_code=int(error.code),
+            error_message=error.client_message()))
 
 
 def _snapshot(image: np.ndarray, detections: list[dict]) -> bytes:

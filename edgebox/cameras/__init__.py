@@ -3,6 +3,7 @@
 Import the public names from here; the modules behind them are `options`, `state`, `sources` and `runner`.
 """
 
+from edgebox.cameras import decode_meter
 from edgebox.cameras.options import CAMERA_CONFIG_KEYS, CameraOptions, Roi, parse_camera_options
 from edgebox.cameras.runner import CameraRunner, CapturedFrame, backoff_delay
 from edgebox.cameras.sources import (
@@ -31,6 +32,7 @@ __all__ = [
     "StreamError",
     "StreamFailure",
     "backoff_delay",
+    "decode_meter",
     "mask_url",
     "open_source",
     "parse_camera_options",

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import trio
 
+from edgebox.cameras import decode_meter
 from edgebox.cameras.options import CameraOptions
 from edgebox.cameras.probe import probe_failure
 from edgebox.cameras.state import StreamError, StreamFailure
@@ -30,6 +31,11 @@ RTSP_TCP_OPTIONS = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
 RTSP_UDP_OPTIONS = "rtsp_transport;udp|analyzeduration;0|probesize;32"
 FILE_OPTIONS = ""  # FFmpeg's default probing: a 32-byte probe is too little for some containers (MPEG-TS)
 DEFAULT_FILE_FPS = 25.0  # pacing when a file does not say its frame rate
+# FFmpeg threads per capture. OpenCV's default (one per core) adds that many threads to every camera, and frame
+# threading buys nothing for streams read in real time; with 1 the decoding runs in the reading thread, which is
+# also what lets decode_meter time it. Measured with 50 cameras at 640x360: 203 -> 53 threads in the process,
+# RSS 367 -> 300 MB, CPU unchanged within noise (docs/benchmarks.md, "Cameras").
+DECODE_THREADS = 1
 os.environ[CAPTURE_OPTIONS_ENV] = RTSP_TCP_OPTIONS
 
 
@@ -148,6 +154,7 @@ class OpenCvSource:
             # A frozen server makes read() block this long and then return a stale frame; the runner's
             # watchdog uses the same figure, so a stuck read ends about when the watchdog gives up on it.
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self._options.watchdog_s * 1000),
+            cv2.CAP_PROP_N_THREADS, DECODE_THREADS,
         ]
         with gate:
             cap = cv2.VideoCapture(self._parsed.target, cv2.CAP_FFMPEG, params)
@@ -183,6 +190,7 @@ class OpenCvSource:
         cap = self._cap
         if cap is None:
             raise StreamFailure(StreamError.OTHER, f"{self._shown}: read after close")
+        started = time.thread_time()
         try:
             ok, frame = cap.read()
         except cv2.error as exc:
@@ -190,6 +198,7 @@ class OpenCvSource:
         if not ok or frame is None:
             what = "end of file" if self._is_file else "the server closed the stream or stopped sending"
             raise StreamFailure(StreamError.SOURCE_ENDED, f"{self._shown}: {what}")
+        decode_meter.add(frame.shape[0] * frame.shape[1], time.thread_time() - started)
         return frame
 
     def _release_sync(self) -> None:

@@ -7,6 +7,7 @@ does not crop, queue or infer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -58,12 +59,14 @@ class CameraRunner:
     """
 
     def __init__(self, camera_id: str, url: str, options: CameraOptions, on_frame: Callable[[CapturedFrame], None],
-                 *, source_factory: SourceFactory = open_source) -> None:
+                 *, source_factory: SourceFactory = open_source, open_gate: trio.CapacityLimiter | None = None) -> None:
         self.camera_id = camera_id
         self.url = url
         self.options = options
         self._on_frame = on_frame
         self._source_factory = source_factory
+        # Shared by the cameras of a fleet: opens wait their turn here, before their open timeout starts.
+        self._open_gate = open_gate
         self._shown = mask_url(url)
         try:
             since = trio.current_time()
@@ -123,8 +126,9 @@ class CameraRunner:
 
     async def _open(self, source: FrameSource) -> None:
         limit = self.options.open_timeout_s + self.options.watchdog_s + OPEN_GRACE_S
-        with trio.move_on_after(limit) as scope:
-            await source.open()
+        async with self._open_gate or contextlib.nullcontext():
+            with trio.move_on_after(limit) as scope:
+                await source.open()
         if scope.cancelled_caught:
             raise StreamFailure(StreamError.TIMEOUT, f"open did not finish within {limit:g} s")
 

@@ -46,7 +46,7 @@ def parse_source_url(url: str) -> SourceUrl:
     if scheme in NETWORK_SCHEMES:
         return _network(url, scheme, shown)
     if scheme == "file":
-        parts = urlsplit(url)
+        parts = _split(url, shown)
         if parts.netloc not in ("", "localhost") or not parts.path:
             raise InvalidRequest(f"camera url {shown!r}: use file:///absolute/path (no host)")
         return SourceUrl("file", scheme, unquote(parts.path))
@@ -69,7 +69,7 @@ def validate_source_url(url: str) -> str:
 def _network(url: str, scheme: str, shown: str) -> SourceUrl:
     if any(c.isspace() for c in url):
         raise InvalidRequest(f"camera url {shown!r} contains whitespace; percent-encode it")
-    parts = urlsplit(url)
+    parts = _split(url, shown)
     try:
         port = parts.port
     except ValueError:
@@ -79,6 +79,13 @@ def _network(url: str, scheme: str, shown: str) -> SourceUrl:
     if port == 0:
         raise InvalidRequest(f"camera url {shown!r} has port 0; allowed 1..65535")
     return SourceUrl("network", scheme, url, parts)
+
+
+def _split(url: str, shown: str) -> SplitResult:
+    try:  # urlsplit raises ValueError for a malformed host, e.g. "http://[::1" or "rtsp://[zz]/"
+        return urlsplit(url)
+    except ValueError as exc:
+        raise InvalidRequest(f"camera url {shown!r} is malformed: {exc}") from None
 
 
 def mask_url(url: str) -> str:

@@ -1,0 +1,287 @@
+"""How many real RTSP cameras this machine carries through edgebox with the person model, none dropped.
+
+    .venv/bin/python bench/cameras.py [--max 50] [--step 10] [--duration 25] [--fps 2] [--mounts 4]
+
+One RTSP server (Debian's gst-rtsp-server, tests/support/rtsp.py) serves `--mounts` shared 640x360 10 fps H.264
+mounts, half a still photo of a person and half a moving test pattern; camera i reads mount i % mounts, so every
+camera decodes its own stream while the server encodes only `--mounts` streams. The engine runs as a subprocess
+(`edgebox --config`) with the person workflow; cameras sample `--fps` frames per second.
+
+The ramp adds cameras 10, 20, 30... up to --max. Each step waits for every camera to stream, lets it settle, then
+measures for --duration seconds: sampled frames dropped (frames_dropped from ListCameras plus frame_seq gaps in
+SubscribeResults), engine CPU % and RSS (/proc of the engine process), frame age p50/p99 (capture to result, from
+the results' latency_ms), frames in per second (decoded) and results out per second. It ends with the highest N
+that dropped nothing. AddCamera runs under admission control unless --admission-max-load 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edgebox.client import EdgeboxClient, EdgeboxClientError
+from edgebox.proto_gen import infer as pb
+from tests.support.rtsp import RtspServer, gi_rtsp_available, image_mount, pattern_mount
+
+PERSON_PNG = ROOT / "tests" / "data" / "astronaut.png"
+STREAMING_TIMEOUT_S = 60.0
+STEP_OVERHEAD_S = 20.0  # adding cameras and waiting for them to stream, typically
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Step:
+    cameras: int
+    refused: str = ""
+    dropped: int = 0
+    seq_gaps: int = 0
+    missed: int = 0  # results this benchmark's own subscription missed (its client was too slow)
+    errors: int = 0  # results that carry an error code (e.g. INFERENCE_TIMEOUT)
+    cpu_percent: float = 0.0
+    rss_mb: float = 0.0
+    server_cpu_percent: float = 0.0
+    ages_ms: list[float] = field(default_factory=list)
+    fps_in: float = 0.0
+    fps_out: float = 0.0
+    expected_out: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (not self.refused and self.dropped == self.seq_gaps == self.missed == self.errors == 0
+                and self.fps_out > 0)
+
+    def row(self) -> str:
+        if self.refused:
+            return f"| {self.cameras} | no: {self.refused} |"
+        p50 = statistics.median(self.ages_ms) if self.ages_ms else 0.0
+        p99 = percentile(self.ages_ms, 0.99)
+        extra = "".join(f", {n} {what}" for n, what in ((self.missed, "missed by the benchmark client"),
+                                                         (self.errors, "error results")) if n)
+        return (f"| {self.cameras} | {'yes' if self.ok else 'no'} ({self.dropped} dropped, {self.seq_gaps} gaps"
+                f"{extra}) | "
+                f"{self.cpu_percent:.0f} % | {self.rss_mb:.0f} MB | {p50:.0f} / {p99:.0f} ms | {self.fps_in:.0f} | "
+                f"{self.fps_out:.1f} of {self.expected_out:.1f} | {self.server_cpu_percent:.0f} % |")
+
+
+HEADER = ("| cameras | zero dropped sampled frames | engine CPU | engine RSS | frame age p50 / p99 | fps in | "
+          "results/s out | RTSP server CPU |\n|---|---|---|---|---|---|---|---|")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def start_engine(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str, Path]:
+    config = {"log_level": args.log_level, "console": {"enabled": False},
+              "engine": {"max_cameras": 10_000, "admission_max_load": args.admission_max_load}}
+    config_path = workdir / "engine.json"
+    config_path.write_text(json.dumps(config))
+    log_path = workdir / "engine.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the engine
+    proc = subprocess.Popen([sys.executable, "-m", "edgebox", "--config", str(config_path), "--grpc_port", "0",
+                             "--data_dir", str(workdir / "data")], stdout=subprocess.PIPE, stderr=log,
+                            text=True, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("EDGEBOX READY"):
+            target = line.split()[2].split("=", 1)[1]
+            return proc, target, log_path
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit(f"the engine did not start; see {log_path}:\n{log_path.read_text()[-3000:]}")
+
+
+class Results:
+    """Collects SubscribeResults (without images): per camera frame_seq, and ages, in a measuring window."""
+
+    def __init__(self) -> None:
+        self.window_open = False
+        self.last_seq: dict[str, int] = {}
+        self.gaps = 0
+        self.missed = 0
+        self.count = 0
+        self.ages_ms: list[float] = []
+        self.errors = 0
+
+    def reset(self) -> None:
+        self.gaps = self.count = self.missed = self.errors = 0
+        self.ages_ms = []
+
+    def add(self, r: pb.InferResult) -> None:
+        previous = self.last_seq.get(r.camera_id)
+        self.last_seq[r.camera_id] = r.frame_seq
+        if not self.window_open:
+            return
+        self.count += 1
+        self.missed += r.missed_before
+        self.errors += bool(r.error_code)
+        self.ages_ms.append(r.latency_ms)
+        if previous is not None and r.frame_seq != previous + 1:
+            self.gaps += max(0, r.frame_seq - previous - 1)
+
+
+async def collect(client: EdgeboxClient, results: Results) -> None:
+    async for r in client.subscribe(omit_images=True):
+        results.add(r)
+
+
+async def run_step(client: EdgeboxClient, n: int, args: argparse.Namespace, urls: list[str], engine_pid: int,
+                   server_pid: int, results: Results) -> Step:
+    step = Step(n)
+    existing = {c.camera_id for c in await client.list_cameras()}
+    for i in range(n):
+        camera_id = f"cam{i:03d}"
+        if camera_id in existing:
+            continue
+        try:
+            await client.add_camera(camera_id, urls[i % len(urls)], "people", {"fps": f"{args.fps:g}"})
+        except EdgeboxClientError as exc:
+            step.refused = f"AddCamera of camera {i + 1} refused: {exc.message}"
+            return step
+    deadline = time.monotonic() + STREAMING_TIMEOUT_S
+    while True:
+        cameras = await client.list_cameras()
+        if all(c.state == pb.CameraState.STREAMING for c in cameras):
+            break
+        if time.monotonic() > deadline:
+            bad = [f"{c.camera_id}={c.state.name} ({c.last_error})" for c in cameras
+                   if c.state != pb.CameraState.STREAMING]
+            step.refused = f"{len(bad)} cameras not STREAMING after {STREAMING_TIMEOUT_S:g} s, e.g. {bad[:3]}"
+            return step
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(args.settle)
+    dropped_before = sum(c.frames_dropped for c in await client.list_cameras())
+    cpu_before, server_before, started = cpu_seconds(engine_pid), cpu_seconds(server_pid), time.monotonic()
+    results.reset()
+    results.window_open = True
+    await asyncio.sleep(args.duration)
+    results.window_open = False
+    elapsed = time.monotonic() - started
+    cameras = await client.list_cameras()
+    step.cpu_percent = 100 * (cpu_seconds(engine_pid) - cpu_before) / elapsed
+    step.server_cpu_percent = 100 * (cpu_seconds(server_pid) - server_before) / elapsed
+    step.rss_mb = rss_mb(engine_pid)
+    step.dropped = sum(c.frames_dropped for c in cameras) - dropped_before
+    step.seq_gaps, step.missed, step.errors = results.gaps, results.missed, results.errors
+    step.ages_ms = list(results.ages_ms)
+    step.fps_in = sum(c.fps_in for c in cameras)
+    step.fps_out = results.count / elapsed
+    step.expected_out = sum(min(args.fps, c.fps_in) for c in cameras)
+    return step
+
+
+async def bench(args: argparse.Namespace) -> list[Step]:
+    ok, reason = gi_rtsp_available()
+    if not ok:
+        raise SystemExit(f"the RTSP test server cannot run here: {reason} (scripts/install-system-deps.sh)")
+    mounts = [image_mount(f"/person{i}", PERSON_PNG) if i % 2 == 0 else pattern_mount(f"/ball{i}")
+              for i in range(args.mounts)]
+    steps: list[Step] = []
+    started = time.monotonic()
+    with RtspServer(mounts) as server, tempfile.TemporaryDirectory(prefix="edgebox-bench-") as tmp:
+        urls = [server.url(m["path"]) for m in mounts]
+        engine, target, log_path = start_engine(Path(tmp), args)
+        try:
+            host, _, port = target.rpartition(":")
+            async with EdgeboxClient(host, int(port), timeout=60) as client:
+                await client.deploy_workflow(pb.WorkflowSpec(workflow_id="people", plugins=["person"],
+                                                             min_score=0.5, attach_snapshot=True))
+                results = Results()
+                collector = asyncio.create_task(collect(client, results))
+                for n in range(args.step, args.max + 1, args.step):
+                    if time.monotonic() - started + args.settle + args.duration + STEP_OVERHEAD_S > args.budget:
+                        print(f"(stopped before {n} cameras: the --budget of {args.budget:g} s would be exceeded)")
+                        break
+                    step = await run_step(client, n, args, urls, engine.pid, server.pid, results)
+                    steps.append(step)
+                    print(step.row(), flush=True)
+                    if step.refused:
+                        break
+                collector.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EdgeboxClientError, OSError):
+                    await collector
+        finally:
+            engine.terminate()
+            try:
+                engine.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                engine.kill()
+            if args.keep_log:
+                print(f"engine log:\n{log_path.read_text()[-5000:]}")
+    return steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--max", type=int, default=50, help="most cameras (default 50)")
+    p.add_argument("--step", type=int, default=10, help="cameras added per step (default 10)")
+    p.add_argument("--duration", type=float, default=25.0, help="seconds measured per step (default 25)")
+    p.add_argument("--settle", type=float, default=5.0, help="seconds between all-streaming and measuring")
+    p.add_argument("--fps", type=float, default=2.0, help="sampled frames per second per camera (default 2)")
+    p.add_argument("--mounts", type=int, default=4, help="distinct RTSP mounts the cameras share (default 4)")
+    p.add_argument("--admission-max-load", type=float, default=0.9,
+                   help="engine.admission_max_load (default 0.9; 0 = no admission control)")
+    p.add_argument("--log-level", default="WARNING", help="engine log level (default WARNING)")
+    p.add_argument("--budget", type=float, default=330.0,
+                   help="seconds the whole run may take; no step starts that would pass it (default 330)")
+    p.add_argument("--keep-log", action="store_true", help="print the end of the engine log")
+    args = p.parse_args()
+    print(f"# edgebox cameras benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {cpu_model()}, "
+          f"{len(os.sched_getaffinity(0))} cores, load average before {os.getloadavg()[0]:.2f}")
+    print(f"# {args.mounts} shared RTSP mounts 640x360 at 10 fps (H.264), person workflow, sampling {args.fps:g} "
+          f"fps per camera, {args.duration:g} s per step, admission_max_load {args.admission_max_load:g}")
+    print(HEADER, flush=True)
+    started = time.monotonic()
+    steps = asyncio.run(bench(args))
+    best = max((s.cameras for s in steps if s.ok), default=0)
+    print(f"\nhighest N with zero dropped sampled frames: {best} (sampling {args.fps:g} fps per camera); "
+          f"load average after {os.getloadavg()[0]:.2f}; took {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
