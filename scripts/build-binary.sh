@@ -18,7 +18,9 @@ if ! "$VENV/bin/python" -c "import PyInstaller" 2>/dev/null; then
 fi
 pyinstaller() {
   mkdir -p build
-  if ! "$VENV/bin/python" -m PyInstaller --noconfirm --log-level WARN "$@" edgebox.spec > build/pyinstaller.log 2>&1
+  # PYTHONHASHSEED: marshalled sets/frozensets keep one order, so an unchanged tree gives the same bytes.
+  if ! PYTHONHASHSEED=0 "$VENV/bin/python" -m PyInstaller --noconfirm --log-level WARN "$@" edgebox.spec \
+    > build/pyinstaller.log 2>&1
   then
     cat build/pyinstaller.log >&2; echo "build-binary: PyInstaller failed (log: build/pyinstaller.log)" >&2; exit 1
   fi
