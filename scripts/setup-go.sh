@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Go client set-up: protoc plugins, module downloads, and the generated stubs in clients/go/{inferpb,managerpb}.
+# Go client set-up: protoc plugins, grpcurl, module downloads, and the generated Go stubs in
+# clients/go/{inferpb,managerpb}.
 #
-#   bash scripts/setup-go.sh             # install protoc-gen-go/-go-grpc into clients/go/.bin, go mod download
+#   bash scripts/setup-go.sh             # install protoc-gen-go/-go-grpc + grpcurl into clients/go/.bin, go mod download
 #   bash scripts/setup-go.sh --generate  # ... and regenerate the Go stubs from proto/*.proto
 #   bash scripts/setup-go.sh --check     # ... and fail (exit 1) if the committed Go stubs are stale
 #
-# Idempotent and fast when done. The plugin versions are the `tool` lines of clients/go/go.mod (pinned by its
-# go.sum); protoc is the one inside grpcio-tools in the project's .venv, so the Python and Go stubs come from the
+# Idempotent and fast when done. The tool versions (protoc plugins; grpcurl, which tests/test_docs_api.py uses to
+# run the docs/api.md examples) are the `tool` lines of clients/go/go.mod, pinned by its requires and go.sum;
+# protoc is the one inside grpcio-tools in the project's .venv, so the Python and Go stubs come from the
 # same compiler. Never edit the stubs by hand: change the .proto and run --generate.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,14 +22,15 @@ GEN_DIRS=(inferpb managerpb)
 mode=${1:-}
 case "$mode" in
   ""|--generate|--check) ;;
-  *) sed -n '2,9p' "$0"; exit 2 ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
 esac
 
 command -v go >/dev/null || { echo "setup-go: 'go' is not on PATH (Go >= 1.26 is needed)" >&2; exit 1; }
 
-# 1. Plugins, rebuilt only when go.mod/go.sum change.
+# 1. Tools (protoc plugins, grpcurl), rebuilt only when go.mod/go.sum change or one is missing.
 stamp="$BIN/.stamp-$(cat "$GO_DIR/go.mod" "$GO_DIR/go.sum" | sha256sum | cut -c1-16)"
-if [ ! -f "$stamp" ] || [ ! -x "$BIN/protoc-gen-go" ] || [ ! -x "$BIN/protoc-gen-go-grpc" ]; then
+if [ ! -f "$stamp" ] || [ ! -x "$BIN/protoc-gen-go" ] || [ ! -x "$BIN/protoc-gen-go-grpc" ] \
+   || [ ! -x "$BIN/grpcurl" ]; then
   mkdir -p "$BIN"
   (cd "$GO_DIR" && GOBIN="$BIN" go install tool)
   rm -f "$BIN"/.stamp-* && touch "$stamp"

@@ -875,7 +875,7 @@ func (x *AddCameraRequest) GetConfig() map[string]string {
 // Result of AddCamera.
 type AddCameraResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The camera as registered (state CONNECTING right after the call).
+	// The camera as registered (state REGISTERED: its decode task starts right after the call).
 	Camera        *CameraInfo `protobuf:"bytes,1,opt,name=camera,proto3" json:"camera,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

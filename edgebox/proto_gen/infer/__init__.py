@@ -335,7 +335,7 @@ class AddCameraResponse(betterproto2.Message):
 
     camera: "CameraInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
-    The camera as registered (state CONNECTING right after the call).
+    The camera as registered (state REGISTERED: its decode task starts right after the call).
     """
 
 
