@@ -8,7 +8,6 @@ another CA. The console's authentication beyond loopback is the web tests' job.
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -44,58 +43,23 @@ def listeners(port: int) -> list[str]:
     return found
 
 
-def non_loopback_ipv4() -> str | None:
-    """An IPv4 address of this machine that is not loopback, if it has one."""
-    candidates = set()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent, only a route is looked up
-            candidates.add(probe.getsockname()[0])
-        except OSError:
-            pass
-    try:
-        candidates |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
-    except OSError:
-        pass
-    return next((a for a in sorted(candidates) if not a.startswith("127.") and a != "0.0.0.0"), None)
-
-
-def connect_result(host: str, port: int) -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        try:
-            sock.connect((host, port))
-        except ConnectionRefusedError:
-            return "refused"
-        except OSError as exc:
-            return f"error: {exc}"
-        return "connected"
-
-
 def test_grpc_listens_on_loopback_only_by_default(tmp_path, figures):
+    # The kernel's socket table is conclusive; no traffic is sent to any address beyond loopback (sandbox rule).
     engine = start_engine_process(tmp_path, {"log_level": "WARNING"})
     try:
         assert engine.host == "127.0.0.1"
         bound = listeners(engine.port)
         assert bound == ["0100007F"], f"listening on {bound} (hex /proc/net/tcp addresses), expected 127.0.0.1 only"
-        other = non_loopback_ipv4()
-        seen = connect_result(other, engine.port) if other else "no non-loopback address on this machine"
-        if other:
-            assert seen == "refused", f"{other}:{engine.port} -> {seen}"
     finally:
         assert engine.stop() == 0
-    figures.add("gRPC default bind", f"127.0.0.1:{engine.port} only (/proc/net/tcp); connect via {other}: {seen}")
+    figures.add("gRPC default bind", f"127.0.0.1:{engine.port} only (/proc/net/tcp)")
 
 
-def test_grpc_host_0_0_0_0_is_reachable_beyond_loopback_when_asked(tmp_path):
-    # The positive control of the test above: the check does see a port that is exposed.
-    other = non_loopback_ipv4()
-    if other is None:
-        pytest.skip("this machine has no non-loopback IPv4 address")
+def test_grpc_host_0_0_0_0_binds_every_address_when_asked(tmp_path):
+    # The positive control of the test above: the same check does see a port that is exposed.
     engine = start_engine_process(tmp_path, {"log_level": "WARNING"}, "--grpc_host", "0.0.0.0")
     try:
         assert listeners(engine.port) == ["00000000"]
-        assert connect_result(other, engine.port) == "connected"
     finally:
         assert engine.stop() == 0
 
