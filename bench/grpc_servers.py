@@ -1,4 +1,4 @@
-"""Reference gRPC servers for bench/grpc.py, built from the same proto as edgebox.
+"""Reference gRPC servers for bench/grpc_calls.py, built from the same proto as edgebox.
 
     python bench/grpc_servers.py grpclib PORT   # plain grpclib on uvloop, no trio: the ceiling of our stack
     python bench/grpc_servers.py aio PORT       # grpcio's grpc.aio, what a user might pick instead

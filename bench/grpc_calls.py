@@ -1,6 +1,6 @@
 """gRPC throughput and latency of edgebox beside reference servers built from the same proto, in one run.
 
-    .venv/bin/python bench/grpc.py [--duration 5] [--concurrency 1,64]
+    .venv/bin/python bench/grpc_calls.py [--duration 5] [--concurrency 1,64]
 
 Each server is pinned to CPU 0 and h2load (Debian nghttp2-client) to CPU 1, on loopback. Printed per server
 and call: requests/s, mean and p99 latency from h2load, and the ratio to plain grpclib (same stack without
