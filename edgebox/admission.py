@@ -23,12 +23,13 @@ from edgebox.engine.scheduler import ModelQueue
 from edgebox.errors import ResourceExhausted
 from edgebox.workflows.runtime import WorkflowRuntime
 
-# H.264 decode rate assumed until this process has measured its own (one core of a 2021 server CPU decodes
-# ~340 Mpx/s of the synthetic 640x360 test streams; real footage costs 2-3x more, hence the margin).
-DEFAULT_DECODE_PIXELS_PER_CORE_S = 120e6
+# H.264 decode rate assumed until this process has measured its own: one core of the 2-core AMD EPYC test machine
+# decodes 230-340 Mpx/s of the synthetic 640x360 test streams (reading included); real footage costs more.
+DEFAULT_DECODE_PIXELS_PER_CORE_S = 200e6
 MIN_MEASURED_DECODE_CPU_S = 2.0  # decode CPU seconds measured before the measured rate replaces the default
-# A camera whose stream has not been seen yet (new, or never connected) is reserved at this size and rate.
-ASSUMED_WIDTH, ASSUMED_HEIGHT, ASSUMED_SOURCE_FPS = 1280, 720, 25.0
+# A camera not seen streaming yet (new, or not connected) counts like the streaming cameras do on average; while
+# none streams, at this size and rate (a typical analytics sub-stream is smaller, a main stream larger).
+ASSUMED_WIDTH, ASSUMED_HEIGHT, ASSUMED_SOURCE_FPS = 1280, 720, 15.0
 
 
 @dataclass(frozen=True)
@@ -110,14 +111,20 @@ def assess(new: CameraLoad, others: Sequence[CameraLoad], settings: AdmissionSet
     decode_rate is (pixels per second one core decodes, whether it was measured), see decode_rate_per_core.
     """
     rate, rate_measured = decode_rate
-    measured = [c for c in others if c.measured]
-    if not new.measured and measured:  # a fleet is usually alike: expect what the streaming cameras decode
-        new = CameraLoad(new.camera_id, sum(c.pixels_per_s for c in measured) / len(measured), new.sampled_fps,
-                         new.queues, False)
+    measured = [c.pixels_per_s for c in others if c.measured]
+    # A fleet is usually alike: a camera not streaming yet is expected to decode what the streaming ones do.
+    typical = sum(measured) / len(measured) if measured else None
+
+    def pixels(c: CameraLoad) -> float:
+        return c.pixels_per_s if c.measured or typical is None else typical
+
+    need = pixels(new)
+    expected = "like the streaming cameras" if typical is not None else (
+        f"assumed {ASSUMED_WIDTH}x{ASSUMED_HEIGHT} at {ASSUMED_SOURCE_FPS:g} fps until one streams")
     budgets = [Budget(
-        name="decode", used=sum(c.pixels_per_s for c in others) / rate, need=new.pixels_per_s / rate,
+        name="decode", used=sum(pixels(c) for c in others) / rate, need=need / rate,
         capacity=settings.max_load * settings.cores, unit="cores",
-        basis=f"{new.pixels_per_s / 1e6:.1f} Mpx/s at {rate / 1e6:.0f} Mpx/s per core "
+        basis=f"{need / 1e6:.1f} Mpx/s ({expected}) at {rate / 1e6:.0f} Mpx/s per core "
               f"({'measured' if rate_measured else 'assumed until measured'}), {settings.cores} cores")]
     for queue in new.queues:
         frame_s = queue.mean_frame_s
