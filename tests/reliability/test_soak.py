@@ -33,7 +33,8 @@ def run_soak(tmp_path: Path, *args: str, timeout: float) -> dict:
 
 def record(figures: Figures, report: dict) -> None:
     figures.add(f"soak {report['cameras']} cameras x {report['fps']:g} fps, {report['duration_s']:g} s",
-                f"RSS baseline {report['rss_baseline_mb']:.0f} MB (models, 0 cameras), "
+                f"RSS {report['rss_model_once_mb']:.0f} MB with the model run once, baseline "
+                f"{report['rss_baseline_mb']:.0f} MB after batch sizes 1-8 (0 cameras), "
                 f"{report['rss_with_cameras_mb']:.0f} MB with cameras, slope {report['slope_mb_per_hour']:+.0f} MB/h "
                 f"= {report['projected_growth_mb']:+.1f} MB over the run (limit 100); "
                 f"{report['results_per_s']:.1f} results/s, {report['frames_dropped']} dropped")
