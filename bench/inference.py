@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,8 +56,9 @@ BACKENDS = ("onnxruntime-cpu", "openvino-cpu", "onnxruntime-cuda")
 MODELS = ("person", "face")
 MODES = ("raw", "sched", "grpc-b", "grpc-1")
 ENGINE_START_TIMEOUT_S = 60.0
-MIN_CALLS = 8  # a cell measures at least this many calls (latency samples), even past --duration ...
-MAX_STRETCH = 4  # ... but for no more than this many times --duration
+MIN_CALLS = 8  # a cell measures at least this many calls (latency samples) ...
+MIN_BATCHES = 6  # ... and this many batches' worth of frames after the first, even past --duration ...
+MAX_STRETCH = 6  # ... but for no more than this many times --duration
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Samples:
     completions: list[tuple[float, int]] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     cpu_s: float = float("nan")  # CPU seconds the measured process used while measuring
+    client_cpu_s: float = float("nan")  # gRPC: CPU seconds of this process (the client) meanwhile
 
     def add(self, started: float, frames: int) -> None:
         now = time.perf_counter()
@@ -80,6 +83,7 @@ class Measurement:
     p99_ms: float
     calls: int
     cpu_ms: float = float("nan")  # CPU per frame: this process (raw, sched) or the engine process (gRPC)
+    client_cpu_ms: float = float("nan")  # gRPC: CPU per frame of this process, the client (also on this box)
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -106,10 +110,10 @@ def summarize(samples: Samples, burst_s: float = 0.0) -> Measurement:
     first = done[0][0]
     later = [(t, n) for t, n in done if t > first + burst_s]
     p50, p99 = _pct(lat, 0.50) * 1000, _pct(lat, 0.99) * 1000
-    cpu_ms = samples.cpu_s / sum(n for _, n in done) * 1000
-    if not later:
-        return Measurement(float("nan"), p50, p99, len(lat), cpu_ms)
-    return Measurement(sum(n for _, n in later) / (later[-1][0] - first), p50, p99, len(lat), cpu_ms)
+    frames = sum(n for _, n in done)
+    cpu_ms, client_ms = samples.cpu_s / frames * 1000, samples.client_cpu_s / frames * 1000
+    fps = sum(n for _, n in later) / (later[-1][0] - first) if later else float("nan")
+    return Measurement(fps, p50, p99, len(lat), cpu_ms, client_ms)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -124,7 +128,7 @@ def measure_raw(model: LoadedModel, tensor: np.ndarray, batch: int, warmup: floa
     while time.perf_counter() < start + warmup:
         model.run(stacked)
     cpu = cpu_seconds()
-    while not _enough(samples, start + warmup, duration):
+    while not _enough(samples, start + warmup, duration, batch):
         started = time.perf_counter()
         model.run(stacked)
         samples.add(started, batch)
@@ -132,9 +136,12 @@ def measure_raw(model: LoadedModel, tensor: np.ndarray, batch: int, warmup: floa
     return summarize(samples)
 
 
-def _enough(samples: Samples, since: float, duration: float) -> bool:
+def _enough(samples: Samples, since: float, duration: float, batch: int) -> bool:
     elapsed = time.perf_counter() - since
-    return elapsed >= duration * MAX_STRETCH or (elapsed >= duration and len(samples.latencies) >= MIN_CALLS)
+    if elapsed >= duration * MAX_STRETCH:
+        return True
+    frames = sum(n for _, n in samples.completions)
+    return elapsed >= duration and len(samples.latencies) >= MIN_CALLS and frames >= (MIN_BATCHES + 1) * batch
 
 
 def measure_scheduler(model: LoadedModel, tensor: np.ndarray, batch: int, warmup: float, duration: float,
@@ -160,7 +167,7 @@ def measure_scheduler(model: LoadedModel, tensor: np.ndarray, batch: int, warmup
                 await trio.sleep(warmup)
                 state["measuring"] = True
                 since, cpu = time.perf_counter(), cpu_seconds()
-                while not _enough(samples, since, duration):
+                while not _enough(samples, since, duration, batch):
                     await trio.sleep(0.05)
                 state["measuring"] = False
                 samples.cpu_s = cpu_seconds() - cpu
@@ -246,11 +253,12 @@ def measure_grpc(engine: Engine, workflow_id: str, jpeg: bytes, batch: int, sing
             tasks = [asyncio.create_task(caller(one if single else many)) for _ in range(2 * batch if single else 2)]
             await asyncio.sleep(warmup)
             measuring = True
-            since, cpu = time.perf_counter(), cpu_seconds(engine.proc.pid)
-            while not _enough(samples, since, duration):
+            since, cpu, client_cpu = time.perf_counter(), cpu_seconds(engine.proc.pid), cpu_seconds()
+            while not _enough(samples, since, duration, batch):
                 await asyncio.sleep(0.05)
             measuring = False
             samples.cpu_s = cpu_seconds(engine.proc.pid) - cpu
+            samples.client_cpu_s = cpu_seconds() - client_cpu
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -269,10 +277,32 @@ class Row:
     backend: str
     model: str
     batch: int
-    results: dict[str, Measurement]
+    rounds: list[dict[str, Measurement]]  # one dict per --repeat, measured one mode right after the other
+
+    @property
+    def results(self) -> dict[str, Measurement]:
+        """Per mode, the round with the median frames/s."""
+        return {m: sorted((r[m] for r in self.rounds), key=lambda x: x.fps)[len(self.rounds) // 2] for m in MODES}
 
     def ratio(self, mode: str) -> float:
-        return self.results[mode].fps / self.results["raw"].fps
+        """Median over rounds of (mode frames/s / raw frames/s of the same round)."""
+        return statistics.median(r[mode].fps / r["raw"].fps for r in self.rounds)
+
+
+def measure_cell(args: argparse.Namespace, engine: Engine, workflow: str, model: LoadedModel, tensor: np.ndarray,
+                 jpeg: bytes, batch: int) -> dict[str, Measurement]:
+    """One round of the four modes on one (backend, model, batch), back to back."""
+    w, d = args.warmup, args.duration
+    raw_before = measure_raw(model, tensor, batch, w, d)
+    burst = 0.3 * raw_before.p50_ms / 1000  # a fraction of one batch's compute time
+    results = {
+        "sched": measure_scheduler(model, tensor, batch, w, d, burst),
+        "grpc-b": measure_grpc(engine, workflow, jpeg, batch, False, w, d, burst),
+        "grpc-1": measure_grpc(engine, workflow, jpeg, batch, True, w, d, burst),
+    }
+    raw_after = raw_before if args.quick else measure_raw(model, tensor, batch, w, d)
+    results["raw"] = _mean(raw_before, raw_after)
+    return results
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -293,22 +323,12 @@ def run(args: argparse.Namespace) -> list[Row]:
             try:
                 workflows = {(b, m): asyncio.run(engine.deploy(b, m, jpeg)) for b in backends for m in args.models}
                 for backend in backends:
-                    for model_name in args.models:
-                        model, tensor = loaded[(backend, model_name)], tensors[model_name]
-                        w, d = args.warmup, args.duration
-                        raw_before = measure_raw(model, tensor, batch, w, d)
-                        burst = 0.3 * raw_before.p50_ms / 1000  # a fraction of one batch's compute time
-                        workflow = workflows[(backend, model_name)]
-                        results = {
-                            "sched": measure_scheduler(model, tensor, batch, w, d, burst),
-                            "grpc-b": measure_grpc(engine, workflow, jpeg, batch, False, w, d, burst),
-                            "grpc-1": measure_grpc(engine, workflow, jpeg, batch, True, w, d, burst),
-                        }
-                        raw_after = raw_before if args.quick else measure_raw(model, tensor, batch, w, d)
-                        results["raw"] = _mean(raw_before, raw_after)
-                        row = Row(backend, model_name, batch, results)
+                    for name in args.models:
+                        row = Row(backend, name, batch, [
+                            measure_cell(args, engine, workflows[(backend, name)], loaded[(backend, name)],
+                                         tensors[name], jpeg, batch) for _ in range(args.repeat)])
                         rows.append(row)
-                        print(f"# {backend} {model_name} batch {batch}: raw {results['raw'].fps:.1f} fps, "
+                        print(f"# {backend} {name} batch {batch}: raw {row.results['raw'].fps:.1f} fps, "
                               + ", ".join(f"{m} {row.ratio(m):.2f}" for m in MODES[1:]), flush=True)
             finally:
                 engine.stop()
@@ -322,12 +342,13 @@ def _mean(a: Measurement, b: Measurement) -> Measurement:
 
 def table(rows: list[Row]) -> str:
     head = ("| backend | model | batch | raw fps | sched fps (/raw) | gRPC batch fps (/raw) | gRPC single fps (/raw) "
-            "| CPU ms/frame raw / sched / gRPC b / gRPC 1 | p50/p99 ms raw | sched | gRPC batch | gRPC single |")
+            "| CPU ms/frame raw / sched / gRPC b+client / gRPC 1+client | p50/p99 ms raw | sched | gRPC batch | gRPC single |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         res = r.results
         cells = " | ".join(f"{res[m].fps:.1f} ({r.ratio(m):.2f})" for m in MODES[1:])
-        cpu = " / ".join(f"{res[m].cpu_ms:.0f}" for m in MODES)
+        cpu = " / ".join(f"{res[m].cpu_ms:.0f}" + (f"+{res[m].client_cpu_ms:.0f}" if m.startswith("grpc") else "")
+                         for m in MODES)
         lat = " | ".join(f"{res[m].p50_ms:.0f}/{res[m].p99_ms:.0f}" for m in MODES)
         lines.append(f"| {r.backend} | {r.model} | {r.batch} | {res['raw'].fps:.1f} | {cells} | {cpu} | {lat} |")
     return "\n".join(lines)
@@ -365,6 +386,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--duration", type=float, default=0.0, help="seconds measured per cell (default 2, quick 0.8)")
     parser.add_argument("--warmup", type=float, default=0.0, help="seconds before measuring (default 0.4, quick 0.3)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds per cell; ratios are the median of per-round ratios (for noisy machines)")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
     args.batches = [int(b) for b in (args.batches or ("1,4" if args.quick else "1,2,4,8")).split(",")]
@@ -383,8 +406,7 @@ def main() -> None:
     print()
     print(best(rows))
     if args.json:
-        args.json.write_text(json.dumps([{**asdict(r), "results": {k: asdict(v) for k, v in r.results.items()}}
-                                         for r in rows], indent=1))
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
 
 if __name__ == "__main__":

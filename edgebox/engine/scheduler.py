@@ -1,10 +1,10 @@
 """The batching scheduler: one bounded queue per (model, backend), frames from every source batched together.
 
 A queue hands over a batch when it holds `max_batch_size` frames, or when its oldest frame has waited
-`max_queue_delay` and the device is free. Executions run in worker threads, one at a time per model, with the
-next batch already waiting at the device; they are retried with back-off, time out with INFERENCE_TIMEOUT, and
-halve the batch on out-of-memory (growing it back later). Loading models and choosing backends is
-`engine.models`' job.
+`max_queue_delay` and the device is free. Executions run in worker threads, one at a time per model (on an
+accelerator the next batch already waits at the device); they are retried with back-off, time out with
+INFERENCE_TIMEOUT, and halve the batch on out-of-memory (growing it back later). Loading models and choosing
+backends is `engine.models`' job.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ log = logging.getLogger("edgebox.engine.scheduler")
 RETRY_DELAYS_S = (0.1, 0.2, 0.4)  # REQ-003: at most 3 retries, exponential back-off
 GROW_BACK_AFTER = 20  # successful executions at a reduced batch limit before doubling it again
 MIN_RETRY_AFTER_S = 0.05  # the smallest retry hint given with RESOURCE_EXHAUSTED
-# Batches handed to a backend at once: one running, the next already stacked and waiting at the device. The
-# device then starts the next batch the moment the last one ends, without waiting for the event loop (measured:
-# docs/benchmarks.md#inference).
-PIPELINE_DEPTH = 2
+# Batches handed to an accelerator (GPU, NPU) at once: one running, the next already stacked and waiting at the
+# device, which then starts it the moment the last one ends instead of waiting for the event loop. CPU backends
+# get 1: there the device is the cores the dispatching runs on, and overlapping the two was measured 3-10 % slower
+# (docs/benchmarks.md#inference).
+ACCELERATOR_PIPELINE_DEPTH = 2
 # On shutdown, how long to wait for executions already on the device: a native runtime still running in a
 # thread while the interpreter exits aborts the process.
 SHUTDOWN_GRACE_S = 3.0
@@ -84,9 +85,10 @@ class ModelQueue:
         # trio-native test backend, at the trio lock). A hung execution keeps the device: later batches time out.
         self._device = threading.Lock()
         self._device_async = trio.Lock()
+        self.pipeline_depth = 1 if model.backend.endswith("-cpu") else ACCELERATOR_PIPELINE_DEPTH
         # Worker threads, including abandoned ones until they return: a hung backend ties up at most this many.
-        self._threads = trio.CapacityLimiter(PIPELINE_DEPTH)
-        self._slots = trio.Semaphore(PIPELINE_DEPTH)
+        self._threads = trio.CapacityLimiter(self.pipeline_depth)
+        self._slots = trio.Semaphore(self.pipeline_depth)
         self._in_flight = 0
         self._successes_at_reduced_limit = 0
         self._mean_execution_s = 0.05
@@ -162,7 +164,7 @@ class ModelQueue:
         self._metrics.queue_depth.labels(**self._labels).set(len(self._queue))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The batching loop: wait for a batch, hand it to the backend (up to PIPELINE_DEPTH at once), repeat."""
+        """The batching loop: wait for a batch, hand it to the backend (up to pipeline_depth at once), repeat."""
         try:
             async with trio.open_nursery() as executions:
                 task_status.started()
@@ -181,7 +183,7 @@ class ModelQueue:
                     executions.start_soon(self._dispatch, batch)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE_S):
-                for _ in range(PIPELINE_DEPTH):  # every thread token back = no backend call still running
+                for _ in range(self.pipeline_depth):  # every thread token back = no backend call still running
                     await self._threads.acquire_on_behalf_of(object())
 
     async def _batch_ready(self) -> None:
