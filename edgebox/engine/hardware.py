@@ -15,8 +15,9 @@ from dataclasses import dataclass
 log = logging.getLogger("edgebox.engine.hardware")
 
 # Preference order for "auto": the GPU paths first, then OpenVINO on CPU, onnxruntime-cpu last. On the 2-core
-# AMD test box the two CPU backends are within noise of each other (docs/benchmarks.md#inference); OpenVINO is
-# ahead on Intel CPUs, which is what edge boxes mostly have.
+# AMD test box the two CPU backends give the same frames/s within noise, onnxruntime with a little less CPU per
+# frame (docs/benchmarks.md#inference); OpenVINO stays first for the Intel CPUs and iGPUs that edge boxes mostly
+# have (not measured here).
 AUTO_ORDER = ("onnxruntime-cuda", "openvino-gpu", "openvino-npu", "openvino-cpu", "onnxruntime-cpu")
 GPU_BACKENDS = ("onnxruntime-cuda", "openvino-gpu")
 
