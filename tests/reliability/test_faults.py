@@ -365,7 +365,8 @@ def test_rtsp_server_killed_and_restarted_three_times_camera_streams_again(tmp_p
     async def start() -> int:
         await client.deploy_workflow(pb.WorkflowSpec(workflow_id="wf", plugins=["motion"]))
         await client.add_camera("flappy", rtsp_server.url("/ball"), "wf", options)
-        await wait_streaming(client, ["flappy"], timeout=60)
+        await client.add_camera("steady", "demo://person", "wf", {"fps": "2"})  # not on the flapping server
+        await wait_streaming(client, ["flappy", "steady"], timeout=60)
         info = await camera(client, "flappy")
         assert info is not None
         return info.reconnects
@@ -385,18 +386,36 @@ def test_rtsp_server_killed_and_restarted_three_times_camera_streams_again(tmp_p
                 break
         return streaming_s, info.reconnects, seq
 
+    steady: list[int] = []  # frame_seq of the other camera's results while the server flaps
+    flapping_done = asyncio.Event()
+
+    async def watch_steady() -> None:
+        async with asyncio.timeout(240):
+            async for result in client.subscribe(camera_ids=["steady"], omit_images=True):
+                steady.append(result.frame_seq)
+                if flapping_done.is_set() and len(steady) >= 4:
+                    return
+
+    async def flapping_over() -> None:
+        flapping_done.set()
+
     try:
         before = run(aio, start)
+        watcher = aio.submit(watch_steady)
         for _ in range(3):
             rtsp_server.kill()
             time.sleep(0.3)
             rtsp_server.restart()
         restarted = time.monotonic()
         streaming_s, reconnects, seq = run(aio, recovered, before, restarted)
+        run(aio, flapping_over)
+        watcher.result(timeout=240)
         run(aio, client.remove_camera, "flappy")
     finally:
         close(aio, client)
         assert engine.stop() == 0, engine.log()
     assert reconnects > before
+    assert steady == list(range(steady[0], steady[0] + len(steady))), f"the steady camera skipped frames: {steady}"
     figures.add("RTSP server killed + restarted 3x", f"camera STREAMING {streaming_s:.1f} s after the last restart, "
-                f"reconnects {before} -> {reconnects}, results flowing again (frame_seq {seq})")
+                f"reconnects {before} -> {reconnects}, results flowing again (frame_seq {seq}); a camera on "
+                f"another source kept streaming, frame_seq {steady[0]}..{steady[-1]} with no gap")
