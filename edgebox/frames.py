@@ -43,9 +43,22 @@ def encoded_image_size(data: bytes) -> tuple[str, int, int]:
                          "with width and height)")
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
+# Header segments (APPn, DQT, DHT...) that `header_pixels` walks on the event loop before handing the rest of the
+# search to a worker thread. Real JPEGs have under 20 before the frame header; a crafted file can have millions.
+INLINE_HEADER_SEGMENTS = 64
+
+
+class _LongHeader(Exception):
+    """The JPEG frame header was not among the first `max_segments` segments."""
+
+
+def _jpeg_size(data: bytes, max_segments: int | None = None) -> tuple[int, int]:
     i = 2
+    segments = 0
     while i + 4 <= len(data):
+        segments += 1
+        if max_segments is not None and segments > max_segments:
+            raise _LongHeader
         if data[i] != 0xFF:
             raise InvalidRequest(f"the JPEG image is corrupt (bad marker at byte {i})")
         marker = data[i + 1]
@@ -84,6 +97,20 @@ def decoded_pixels(data: bytes, fmt: int, width: int = 0, height: int = 0) -> in
     return width * height
 
 
+def header_pixels(data: bytes, fmt: int, width: int = 0, height: int = 0) -> int | None:
+    """`decoded_pixels` when the header is short enough to read on the event loop (microseconds); else None."""
+    if fmt == PixelFormat.ENCODED and data[:2] == b"\xff\xd8" and len(data) <= MAX_FRAME_BYTES:
+        try:
+            width, height = _jpeg_size(data, INLINE_HEADER_SEGMENTS)
+            _check_side(width, height)
+        except _LongHeader:
+            return None
+        except InvalidRequest:
+            return 0
+        return width * height
+    return decoded_pixels(data, fmt, width, height)  # PNG, raw pixels and refusals: constant time
+
+
 class DecodeBudget:
     """Bounds the pixels of client frames decoded and held at once (MAX_DECODED_PIXELS_IN_FLIGHT).
 
@@ -97,7 +124,11 @@ class DecodeBudget:
 
     @contextlib.asynccontextmanager
     async def hold(self, data: bytes, fmt: int, width: int, height: int) -> AsyncIterator[None]:
-        pixels = min(await trio.to_thread.run_sync(decoded_pixels, data, fmt, width, height), self.total)
+        # The header is read here, not in a worker thread: a thread hop costs more than reading a normal header.
+        pixels = header_pixels(data, fmt, width, height)
+        if pixels is None:
+            pixels = await trio.to_thread.run_sync(decoded_pixels, data, fmt, width, height)
+        pixels = min(pixels, self.total)
         async with self._turn:
             while self.free < pixels:
                 self._released = trio.Event()

@@ -6,6 +6,7 @@ operations that span them (client inference, health, metrics). It imports no tra
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -183,11 +184,11 @@ class Node:
         plugin_label = ",".join(runtime.spec.plugins)
         self.metrics.infer_requests.labels(origin="rpc", plugin=plugin_label).inc()
         try:
-            image = await trio.to_thread.run_sync(
-                decode_frame, frame.data, frame.pixel_format, frame.width, frame.height)
             timestamp_ms = frame.timestamp_ms or int(started * 1000)
-            verdict = await runtime.evaluate(image, state or runtime.new_source_state(), now_ms=timestamp_ms,
-                                             droppable=False)
+            # Decoding shares its worker-thread hop with the first plugin's preprocessing.
+            image, verdict = await runtime.evaluate_encoded(
+                functools.partial(decode_frame, frame.data, frame.pixel_format, frame.width, frame.height),
+                state or runtime.new_source_state(), now_ms=timestamp_ms, droppable=False)
             if verdict.first_error is not None and len(verdict.plugin_errors) == len(runtime.plugins):
                 raise verdict.first_error
         except EdgeboxError as exc:

@@ -13,12 +13,14 @@ import pytest
 
 from edgebox.errors import InvalidRequest
 from edgebox.frames import (
+    INLINE_HEADER_SEGMENTS,
     PixelFormat,
     decode_frame,
     decoded_pixels,
     draw_detections,
     encode_jpeg,
     encoded_image_size,
+    header_pixels,
 )
 from edgebox.limits import MAX_FRAME_BYTES, MAX_FRAME_SIDE
 from tests.support.engine import photo_bgr, photo_jpeg, photo_png
@@ -127,3 +129,13 @@ def test_jpeg_encoding_and_drawing_round_trip():
     jpeg = encode_jpeg(drawn)
     assert jpeg[:2] == b"\xff\xd8"
     assert decode_frame(jpeg, PixelFormat.ENCODED).shape == image.shape
+
+
+def test_normal_headers_are_read_inline_and_long_ones_are_left_to_a_thread():
+    assert header_pixels(photo_jpeg("astronaut"), PixelFormat.ENCODED) == 512 * 512
+    assert header_pixels(png_header(640, 360), PixelFormat.ENCODED) == 640 * 360
+    assert header_pixels(b"\xff\xd8junk", PixelFormat.ENCODED) == 0  # refused: decode_frame will say why
+    comments = b"".join(b"\xff\xfe\x00\x04ab" for _ in range(INLINE_HEADER_SEGMENTS + 1))
+    long_header = b"\xff\xd8" + comments + jpeg_header(640, 360)[2:]
+    assert header_pixels(long_header, PixelFormat.ENCODED) is None
+    assert decoded_pixels(long_header, PixelFormat.ENCODED) == 640 * 360

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import outcome
 import trio
 
 from edgebox.config import EngineConfig
@@ -99,13 +100,40 @@ class WorkflowRuntime:
     async def evaluate(self, image: np.ndarray, state: SourceState, *, now_ms: int,
                        droppable: bool) -> FrameVerdict:
         """Run every plugin on `image`; FrameDropped propagates (the frame is skipped, not failed)."""
+        return await self._evaluate(image, state, now_ms, droppable, None)
+
+    async def evaluate_encoded(self, decode: Callable[[], np.ndarray], state: SourceState, *, now_ms: int,
+                               droppable: bool) -> tuple[np.ndarray, FrameVerdict]:
+        """Like `evaluate` for a frame still to decode: `decode` (blocking; its errors fail the frame) and the first
+        plugin's preprocess share one worker-thread hop. Returns the decoded image with the verdict."""
+        first = self.plugins[0]
+        deadline = trio.current_time() + self._timeout_s
+        if self._queues.get(first.name) is None:
+            image = await trio.to_thread.run_sync(decode)
+            return image, await self._evaluate(image, state, now_ms, droppable, None)
+        params = self._params[first.name]
+        done = None
+        with trio.move_on_at(deadline):
+            done = await trio.to_thread.run_sync(_decode_and_preprocess, decode, first, params,
+                                                 abandon_on_cancel=True, limiter=self._limiters[first.name])
+        if done is not None:
+            image, prepared = done
+            return image, await self._evaluate(image, state, now_ms, droppable, (first, prepared, deadline))
+        raise InferenceTimeout(f"decoding the frame and preprocessing it for plugin {first.name!r} did not finish "
+                               f"within {self._timeout_s:g} s (engine.inference_timeout_s)")
+
+    async def _evaluate(self, image: np.ndarray, state: SourceState, now_ms: int, droppable: bool,
+                        prepared: tuple[Plugin, outcome.Outcome, float] | None) -> FrameVerdict:
         height, width = image.shape[:2]
         detections: list[Detection] = []
         errors: dict[str, str] = {}
         first_error: EdgeboxError | None = None
         for plugin in self.plugins:
+            ready, deadline = None, None
+            if prepared is not None and prepared[0] is plugin:
+                ready, deadline = prepared[1], prepared[2]
             try:
-                detections.extend(await self._run_plugin(plugin, image, state, droppable))
+                detections.extend(await self._run_plugin(plugin, image, state, droppable, ready, deadline))
             except FrameDropped:
                 raise
             except EdgeboxError as exc:
@@ -120,18 +148,18 @@ class WorkflowRuntime:
         alarm = evaluate_alarm(self.spec, kept, state.alarm, now_ms)
         return FrameVerdict(kept, alarm, width, height, errors, first_error)
 
-    async def _run_plugin(self, plugin: Plugin, image: np.ndarray, state: SourceState,
-                          droppable: bool) -> list[Detection]:
+    async def _run_plugin(self, plugin: Plugin, image: np.ndarray, state: SourceState, droppable: bool,
+                          prepared: outcome.Outcome | None = None, deadline: float | None = None) -> list[Detection]:
         # The scheduler's deadline covers only queue + backend. The plugin's own code runs in worker threads
         # that may never return, so the whole plugin run gets the same deadline; a thread that overruns it is
         # abandoned (its result is discarded when it finally returns) and the frame fails with 3001.
-        with trio.move_on_after(self._timeout_s):
-            return await self._run_plugin_steps(plugin, image, state, droppable)
+        with trio.move_on_at(deadline if deadline is not None else trio.current_time() + self._timeout_s):
+            return await self._run_plugin_steps(plugin, image, state, droppable, prepared)
         raise InferenceTimeout(f"plugin {plugin.name!r} did not finish within {self._timeout_s:g} s "
                                "(engine.inference_timeout_s); the plugin's own code is stuck or too slow")
 
     async def _run_plugin_steps(self, plugin: Plugin, image: np.ndarray, state: SourceState,
-                                droppable: bool) -> list[Detection]:
+                                droppable: bool, prepared: outcome.Outcome | None) -> list[Detection]:
         params = self._params[plugin.name]
         queue = self._queues[plugin.name]
         limiter = self._limiters[plugin.name]
@@ -141,9 +169,21 @@ class WorkflowRuntime:
 
         if queue is None:
             return await in_thread(plugin.process, image, state.plugin_states.get(plugin.name), params)
-        tensor, context = await in_thread(plugin.preprocess, image, params)
+        if prepared is not None:
+            tensor, context = prepared.unwrap()
+        else:
+            tensor, context = await in_thread(plugin.preprocess, image, params)
         outputs = await queue.infer(tensor, droppable=droppable)
+        if plugin.postprocess_inline:
+            return plugin.postprocess(outputs, context, params)
         return await in_thread(plugin.postprocess, outputs, context, params)
+
+
+def _decode_and_preprocess(decode: Callable[[], np.ndarray], plugin: Plugin,
+                           params: Mapping[str, str]) -> tuple[np.ndarray, outcome.Outcome]:
+    """Worker thread: decode the frame (errors propagate) and preprocess it (errors kept for the plugin alone)."""
+    image = decode()
+    return image, outcome.capture(plugin.preprocess, image, params)
 
 
 def _plugin_crash(plugin: Plugin, exc: Exception, incident: str) -> EdgeboxError:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
+from edgebox.plugin_api import downscale, letterbox
 from tests.plugins.conftest import photo
 
 MIN_SCORE = 0.5  # the default workflow min_score
@@ -101,3 +103,16 @@ def test_motion_min_area_parameter_filters_small_changes(motion):
     assert motion.process(changed, state, {"min_area": "0.0001"})
     motion.process(image, state, {})
     assert motion.process(changed, state, {"min_area": "0.05"}) == []
+
+
+def test_letterbox_swaps_to_rgb_while_copying_and_downscale_stays_near_inter_area():
+    image = photo("astronaut")
+    bgr, scale, pad_x, pad_y = letterbox(image, (300, 200))
+    rgb, *_ = letterbox(image, (300, 200), rgb=True)
+    assert (scale, pad_x, pad_y) == (200 / 512, 50, 0)
+    assert np.array_equal(rgb, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    assert (bgr[:, :50] == 114).all() and (bgr[:, 250:] == 114).all()
+    wide = cv2.resize(image, (1920, 1080))
+    for source, size in ((image, (300, 300)), (wide, (300, 169)), (wide, (640, 360))):
+        diff = np.abs(downscale(source, size).astype(int) - cv2.resize(source, size, interpolation=cv2.INTER_AREA))
+        assert diff.mean() < 1.5, size

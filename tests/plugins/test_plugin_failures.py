@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
-from edgebox.errors import ErrorCode
+import numpy as np
+import pytest
+
+from edgebox.errors import ErrorCode, InvalidRequest
+from edgebox.frames import decode_frame
 from edgebox.plugins_loader import builtin_plugin_dir, load_plugins
 from edgebox.workflows.runtime import WorkflowRuntime
 from edgebox.workflows.spec import parse_workflow_spec
@@ -59,3 +64,43 @@ async def test_backend_failure_fails_only_the_model_plugin(open_pool, monkeypatc
     assert "motion" in {d.label for d in verdict.detections}
     assert list(verdict.plugin_errors) == ["person"]
     assert "[9999 INTERNAL_ERROR]" in verdict.plugin_errors["person"] and "device lost" in verdict.plugin_errors["person"]
+
+
+BAD_PREPROCESS = """
+from edgebox.plugin_api import Plugin
+
+class BadPre(Plugin):
+    def preprocess(self, image, params):
+        raise ValueError("preprocess bug")
+"""
+
+
+async def test_decoding_and_first_preprocess_share_a_hop_yet_a_preprocess_bug_fails_only_its_plugin(
+        tmp_path, open_pool):
+    folder = tmp_path / "badpre"
+    folder.mkdir()
+    (folder / "plugin.json").write_text('{"name": "badpre", "module": "plugin.py", "class": "BadPre", '
+                                        '"model": "m.onnx"}')
+    (folder / "plugin.py").write_text(BAD_PREPROCESS)
+    (folder / "m.onnx").write_bytes((builtin_plugin_dir() / "person" / "ssdlite_person.onnx").read_bytes())
+    registry = load_plugins([builtin_plugin_dir(), tmp_path])
+    spec = parse_workflow_spec({"workflow_id": "wf", "plugins": ["badpre", "person"]})
+    image = photo("astronaut")
+    async with open_pool() as (pool, _):
+        runtime = await WorkflowRuntime.load(spec, 1, registry, pool)
+        decoded, verdict = await runtime.evaluate_encoded(image.copy, runtime.new_source_state(), now_ms=0,
+                                                          droppable=False)
+    assert np.array_equal(decoded, image)
+    assert [d.label for d in verdict.detections] == ["person"]
+    assert list(verdict.plugin_errors) == ["badpre"] and "preprocess bug" in verdict.plugin_errors["badpre"]
+
+
+async def test_a_frame_that_does_not_decode_fails_the_frame_not_a_plugin(open_pool):
+    registry = load_plugins([builtin_plugin_dir()])
+    spec = parse_workflow_spec({"workflow_id": "wf", "plugins": ["person"]})
+    async with open_pool() as (pool, _):
+        runtime = await WorkflowRuntime.load(spec, 1, registry, pool)
+        with pytest.raises(InvalidRequest, match="corrupt or truncated"):
+            await runtime.evaluate_encoded(functools.partial(decode_frame, b"\xff\xd8" + b"\xff\xc0\x00\x11\x08"
+                                                             b"\x00\x10\x00\x10\x03" + bytes(12), 0),
+                                           runtime.new_source_state(), now_ms=0, droppable=False)
