@@ -111,6 +111,7 @@ def health_response(health: Health) -> pb.HealthCheckResponse:
         plugins=health.plugins,
         backends=health.backends,
         plugin_errors=health.plugin_errors,
+        models=health.models,
     )
 
 

@@ -629,7 +629,8 @@ type WorkflowSpec struct {
 	// Attach a JPEG snapshot of the frame to ALARM results.
 	AttachSnapshot bool `protobuf:"varint,6,opt,name=attach_snapshot,json=attachSnapshot,proto3" json:"attach_snapshot,omitempty"`
 	// Inference backend override: "" or "auto" (the engine decides per hardware), "onnxruntime-cuda",
-	// "onnxruntime-cpu", "openvino-cpu", "openvino-gpu", "openvino-npu".
+	// "onnxruntime-tensorrt" (opt-in only; "auto" never picks it), "onnxruntime-cpu", "openvino-cpu",
+	// "openvino-gpu", "openvino-npu".
 	Backend string `protobuf:"bytes,7,opt,name=backend,proto3" json:"backend,omitempty"`
 	// Plugin-specific parameters, e.g. {"motion.threshold": "25"}; documented in docs/api.md.
 	Params        map[string]string `protobuf:"bytes,8,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -2074,7 +2075,11 @@ type HealthCheckResponse struct {
 	// Backends and devices usable on this box, e.g. ["openvino-cpu", "onnxruntime-cpu"].
 	Backends []string `protobuf:"bytes,8,rep,name=backends,proto3" json:"backends,omitempty"`
 	// Plugins that failed to load, "name: reason"; they answer PLUGIN_LOAD_FAILED.
-	PluginErrors  []string `protobuf:"bytes,9,rep,name=plugin_errors,json=pluginErrors,proto3" json:"plugin_errors,omitempty"`
+	PluginErrors []string `protobuf:"bytes,9,rep,name=plugin_errors,json=pluginErrors,proto3" json:"plugin_errors,omitempty"`
+	// Models loaded so far and what each really runs on (after any fallback), "plugin: backend on device", e.g.
+	// ["person: openvino-cpu on CPU (Intel(R) Core(TM) i5-1145G7)", "face: onnxruntime-cuda on CUDA:0"]. A model
+	// loads when the first workflow or call that needs it arrives; one model on two backends is listed twice.
+	Models        []string `protobuf:"bytes,10,rep,name=models,proto3" json:"models,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2168,6 +2173,13 @@ func (x *HealthCheckResponse) GetBackends() []string {
 func (x *HealthCheckResponse) GetPluginErrors() []string {
 	if x != nil {
 		return x.PluginErrors
+	}
+	return nil
+}
+
+func (x *HealthCheckResponse) GetModels() []string {
+	if x != nil {
+		return x.Models
 	}
 	return nil
 }
@@ -2811,7 +2823,7 @@ const file_infer_service_proto_rawDesc = "" +
 	"\rerror_message\x18\x03 \x01(\tR\ferrorMessage\"<\n" +
 	"\x12InferBatchResponse\x12&\n" +
 	"\x05items\x18\x01 \x03(\v2\x10.infer.BatchItemR\x05items\"\x14\n" +
-	"\x12HealthCheckRequest\"\xb8\x02\n" +
+	"\x12HealthCheckRequest\"\xd0\x02\n" +
 	"\x13HealthCheckResponse\x12+\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x13.infer.HealthStatusR\x06status\x12\x1c\n" +
 	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\x12#\n" +
@@ -2821,7 +2833,9 @@ const file_infer_service_proto_rawDesc = "" +
 	"\buptime_s\x18\x06 \x01(\x01R\auptimeS\x12\x18\n" +
 	"\aplugins\x18\a \x03(\tR\aplugins\x12\x1a\n" +
 	"\bbackends\x18\b \x03(\tR\bbackends\x12#\n" +
-	"\rplugin_errors\x18\t \x03(\tR\fpluginErrors\"\x10\n" +
+	"\rplugin_errors\x18\t \x03(\tR\fpluginErrors\x12\x16\n" +
+	"\x06models\x18\n" +
+	" \x03(\tR\x06models\"\x10\n" +
 	"\x0eMetricsRequest\"\x93\x05\n" +
 	"\x0fMetricsResponse\x12%\n" +
 	"\x0eactive_cameras\x18\x01 \x01(\x05R\ractiveCameras\x120\n" +

@@ -639,6 +639,13 @@ class HealthCheckResponse(betterproto2.Message):
     Plugins that failed to load, "name: reason"; they answer PLUGIN_LOAD_FAILED.
     """
 
+    models: "list[str]" = betterproto2.field(10, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Models loaded so far and what each really runs on (after any fallback), "plugin: backend on device", e.g.
+    ["person: openvino-cpu on CPU (Intel(R) Core(TM) i5-1145G7)", "face: onnxruntime-cuda on CUDA:0"]. A model
+    loads when the first workflow or call that needs it arrives; one model on two backends is listed twice.
+    """
+
 
 default_message_pool.register_message("infer", "HealthCheckResponse", HealthCheckResponse)
 
@@ -1182,7 +1189,8 @@ class WorkflowSpec(betterproto2.Message):
     backend: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
     Inference backend override: "" or "auto" (the engine decides per hardware), "onnxruntime-cuda",
-    "onnxruntime-cpu", "openvino-cpu", "openvino-gpu", "openvino-npu".
+    "onnxruntime-tensorrt" (opt-in only; "auto" never picks it), "onnxruntime-cpu", "openvino-cpu",
+    "openvino-gpu", "openvino-npu".
     """
 
     params: "dict[str, str]" = betterproto2.field(
