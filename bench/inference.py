@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgebox.client import EdgeboxClient, pb
-from edgebox.engine.backends import BACKEND_LOADERS, LoadedModel
+from edgebox.engine.backends import BACKEND_LOADERS, LoadedModel, LoadOptions
 from edgebox.engine.hardware import cpu_name, detect_hardware
 from edgebox.engine.scheduler import ModelQueue, QueueSettings
 from edgebox.metrics import Metrics
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     jpeg = cv2.imencode(".jpg", cv2.imread(str(PHOTO)), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     tensors = {m: registry.get(m).preprocess(image, {})[0] for m in args.models}
-    loaded = {(b, m): BACKEND_LOADERS[b](registry.get(m).model, 0) for b in backends for m in args.models}
+    loaded = {(b, m): BACKEND_LOADERS[b](registry.get(m).model, LoadOptions()) for b in backends for m in args.models}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edgebox-bench-") as tmp:
         for batch in args.batches:

@@ -65,7 +65,7 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
     hardware = await trio.to_thread.run_sync(detect_hardware)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as root:
-            pool = ModelPool(config.engine, hardware, metrics, root)
+            pool = ModelPool(config.engine, hardware, metrics, root, cache_dir=config.data_dir / "engines")
             hub = ResultHub(encode_result, metrics)
             fleet_ref: list[CameraFleet] = []
             workflows = WorkflowRegistry(store, plugins, pool, lambda wf: fleet_ref[0].using(wf))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgebox.errors import PluginLoadFailed
-from edgebox.plugin_api import ModelSpec, Plugin
+from edgebox.plugin_api import ModelInput, ModelSpec, Plugin
 
 log = logging.getLogger("edgebox.plugins")
 
@@ -89,7 +89,8 @@ def load_plugin(folder: Path) -> Plugin:
         model_path = folder / manifest["model"]
         if not model_path.is_file():
             raise PluginLoadFailed(f"{manifest_path}: model file {model_path} does not exist")
-        model = ModelSpec(model_path, batchable=bool(manifest.get("batchable", True)))
+        model = ModelSpec(model_path, batchable=bool(manifest.get("batchable", True)),
+                          input=_model_input(manifest_path, manifest.get("input")))
     module_name = f"edgebox_plugin_{name}"
     try:
         spec = importlib.util.spec_from_file_location(module_name, module_path)
@@ -110,6 +111,26 @@ def load_plugin(folder: Path) -> Plugin:
     plugin.model = model
     plugin.labels = tuple(manifest.get("labels", plugin.labels))
     return plugin
+
+
+INPUT_DTYPES = ("uint8", "float32", "float16")
+
+
+def _model_input(path: Path, data: Any) -> ModelInput | None:
+    """The manifest's optional "input": {"name": str, "shape": [int, ...] (one frame), "dtype": str}."""
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) != {"name", "shape", "dtype"}:
+        raise PluginLoadFailed(f"{path}: manifest key 'input' must be an object with exactly name, shape and dtype")
+    name, shape, dtype = data["name"], data["shape"], data["dtype"]
+    if not isinstance(name, str) or not name:
+        raise PluginLoadFailed(f"{path}: input.name must be the model's input name")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 65536 for d in shape)):
+        raise PluginLoadFailed(f"{path}: input.shape must list 1 to 8 positive sizes of one frame (no batch axis)")
+    if dtype not in INPUT_DTYPES:
+        raise PluginLoadFailed(f"{path}: input.dtype must be one of {', '.join(INPUT_DTYPES)}, got {dtype!r}")
+    return ModelInput(name, tuple(shape), dtype)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ def _documented_keys() -> set[str]:
     section = DOC.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
     keys: set[str] = set()
     for row in re.findall(r"^\| (`[^|]+`) \|", section, re.M):
-        keys.update(re.findall(r"`([a-z_.]+)`", row))
+        keys.update(re.findall(r"`([a-z0-9_.]+)`", row))
     return keys
 
 

@@ -18,8 +18,10 @@ log = logging.getLogger("edgebox.engine.hardware")
 # AMD test box the two CPU backends give the same frames/s within noise, onnxruntime with a little less CPU per
 # frame (docs/benchmarks.md#inference); OpenVINO stays first for the Intel CPUs and iGPUs that edge boxes mostly
 # have (not measured here).
+# onnxruntime-tensorrt is never chosen by "auto": its first start compiles engines for minutes, and whether it beats
+# plain CUDA depends on the model (it is an explicit opt-in, docs/operations.md#nvidia-hosts).
 AUTO_ORDER = ("onnxruntime-cuda", "openvino-gpu", "openvino-npu", "openvino-cpu", "onnxruntime-cpu")
-GPU_BACKENDS = ("onnxruntime-cuda", "openvino-gpu")
+GPU_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt", "openvino-gpu")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Hardware:
     cuda_devices: int
     openvino_devices: tuple[str, ...]
     onnxruntime_providers: tuple[str, ...]
+    tensorrt_installed: bool = False  # libnvinfer.so.10 loads
 
     @property
     def gpu_available(self) -> bool:
@@ -43,6 +46,8 @@ class Hardware:
         usable = []
         if self.cuda_devices > 0 and "CUDAExecutionProvider" in self.onnxruntime_providers:
             usable.append("onnxruntime-cuda")
+            if self.tensorrt_installed and "TensorrtExecutionProvider" in self.onnxruntime_providers:
+                usable.append("onnxruntime-tensorrt")
         for device in ("GPU", "NPU", "CPU"):
             if has_openvino_device(self.openvino_devices, device):
                 usable.append(f"openvino-{device.lower()}")
@@ -72,6 +77,32 @@ def cuda_driver() -> CudaDriver:
             return CudaDriver(0, "the NVIDIA driver reports no CUDA device")
         return CudaDriver(count.value, "")
     return CudaDriver(0, "no NVIDIA driver (libcuda.so.1 not found)")
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    """What a compiled GPU engine depends on besides the software versions: the device and the driver."""
+
+    name: str  # e.g. "NVIDIA L4"
+    compute_capability: str  # e.g. "8.9"
+    driver_version: str  # CUDA driver API version, e.g. "13.0"
+
+
+def cuda_gpu_identity(ordinal: int = 0) -> GpuIdentity | None:
+    """Name, compute capability and driver version of CUDA device `ordinal`; None without a usable device."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    device, version, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    name = ctypes.create_string_buffer(256)
+    if (lib.cuInit(0) != 0 or lib.cuDeviceGet(ctypes.byref(device), ordinal) != 0
+            or lib.cuDeviceGetName(name, len(name), device) != 0 or lib.cuDriverGetVersion(ctypes.byref(version)) != 0
+            or lib.cuDeviceGetAttribute(ctypes.byref(major), 75, device) != 0  # COMPUTE_CAPABILITY_MAJOR
+            or lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, device) != 0):  # COMPUTE_CAPABILITY_MINOR
+        return None
+    return GpuIdentity(name.value.decode(errors="replace"), f"{major.value}.{minor.value}",
+                       f"{version.value // 1000}.{version.value % 1000 // 10}")
 
 
 def cuda_device_count() -> int:
@@ -108,11 +139,19 @@ def detect_hardware() -> Hardware:
     except Exception as exc:  # noqa: BLE001 - a broken OpenVINO install must not stop the engine
         log.warning("OpenVINO is unavailable: %s", exc)
     driver = cuda_driver()
-    hw = Hardware(driver.devices, devices, providers)
+    hw = Hardware(driver.devices, devices, providers, tensorrt_installed=_loads("libnvinfer.so.10"))
     log.info("hardware: %d CUDA device(s)%s, OpenVINO devices %s; usable backends: %s",
              hw.cuda_devices, f" ({driver.reason})" if driver.reason else "", list(devices) or "none",
              ", ".join(hw.usable_backends()) or "none")
     return hw
+
+
+def _loads(library: str) -> bool:
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return False
+    return True
 
 
 def backend_candidates(requested: str, hardware: Hardware) -> list[str]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
 from edgebox.config import EngineConfig
-from edgebox.engine.backends import BACKEND_LOADERS, LoadedModel
+from edgebox.engine.backends import BACKEND_LOADERS, LoadedModel, LoadOptions
 from edgebox.engine.hardware import Hardware, backend_candidates
 from edgebox.engine.scheduler import ModelQueue, QueueSettings
 from edgebox.errors import BackendInitFailed, EdgeboxError
@@ -50,8 +51,12 @@ class LoadedModelInfo:
 class ModelPool:
     """Model queues keyed by (model file, backend); loading is serialized per model file."""
 
-    def __init__(self, config: EngineConfig, hardware: Hardware, metrics: Metrics, nursery: trio.Nursery) -> None:
+    def __init__(self, config: EngineConfig, hardware: Hardware, metrics: Metrics, nursery: trio.Nursery, *,
+                 cache_dir: Path | None = None) -> None:
+        """`cache_dir`: the node's folder for compiled engines (`<data_dir>/engines`); None keeps none."""
         self._config = config
+        self._load_options = LoadOptions(threads=config.threads, max_batch_size=config.max_batch_size,
+                                         cache_dir=cache_dir, tensorrt_fp16=config.tensorrt_fp16)
         self._hardware = hardware
         self._metrics = metrics
         self._nursery = nursery
@@ -125,7 +130,7 @@ class ModelPool:
         if loader is None:
             raise BackendInitFailed(f"{name}: unknown backend (known: {', '.join(sorted(BACKEND_LOADERS))})")
         try:
-            return await trio.to_thread.run_sync(loader, plugin.model, self._config.threads)
+            return await trio.to_thread.run_sync(loader, plugin.model, self._load_options)
         except EdgeboxError:
             raise
         except Exception as exc:  # noqa: BLE001 - a backend library may fail in any way; it is that backend's failure

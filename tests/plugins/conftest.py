@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgebox.engine.backends import BACKEND_LOADERS, LoadedModel
+from edgebox.engine.backends import BACKEND_LOADERS, LoadedModel, LoadOptions
 from edgebox.plugin_api import Detection
 from edgebox.plugins_loader import PluginRegistry
 from tests.engine.conftest import hardware, open_pool, registry  # noqa: F401  (shared fixtures)
@@ -30,7 +30,7 @@ def loaded_model(registry: PluginRegistry) -> Callable[[str, str], LoadedModel]:
 
     def get(plugin: str, backend: str) -> LoadedModel:
         if (plugin, backend) not in cache:
-            cache[(plugin, backend)] = BACKEND_LOADERS[backend](registry.get(plugin).model, 0)
+            cache[(plugin, backend)] = BACKEND_LOADERS[backend](registry.get(plugin).model, LoadOptions())
         return cache[(plugin, backend)]
 
     return get

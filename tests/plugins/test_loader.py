@@ -104,3 +104,27 @@ def test_missing_plugin_directory_is_reported_not_fatal(tmp_path):
     registry = load_plugins([builtin_plugin_dir(), tmp_path / "absent"])
     assert "person" in registry.plugins
     assert any("does not exist" in v for v in registry.errors.values())
+
+
+@pytest.mark.parametrize(("declared", "cause"), [
+    ({"name": "x", "shape": [3, 32, 32]}, "exactly name, shape and dtype"),
+    ({"name": "", "shape": [3], "dtype": "uint8"}, "input.name"),
+    ({"name": "x", "shape": [0, 32], "dtype": "uint8"}, "input.shape"),
+    ({"name": "x", "shape": [True], "dtype": "uint8"}, "input.shape"),
+    ({"name": "x", "shape": [3, 32], "dtype": "int64"}, "input.dtype must be one of uint8, float32, float16"),
+])
+def test_bad_model_input_declaration_is_plugin_load_failed_naming_the_manifest(tmp_path, declared, cause):
+    folder = _plugin(tmp_path, "declares", _manifest("declares", model="m.onnx", input=declared))
+    (folder / "m.onnx").write_bytes(b"not read at load")
+    registry = load_plugins([tmp_path])
+    with pytest.raises(PluginLoadFailed) as info:
+        registry.get("declares")
+    assert str(folder / "plugin.json") in info.value.message and cause in info.value.message
+
+
+def test_declared_model_input_reaches_the_model_spec(tmp_path):
+    folder = _plugin(tmp_path, "declares", _manifest("declares", model="m.onnx",
+                                                     input={"name": "in", "shape": [3, 64, 64], "dtype": "float32"}))
+    (folder / "m.onnx").write_bytes(b"not read at load")
+    model = load_plugins([tmp_path]).get("declares").model
+    assert (model.input.name, model.input.shape, model.input.dtype) == ("in", (3, 64, 64), "float32")

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 OOM_MARKERS = ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation", "bad_alloc")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a loader gets besides the model: from the engine config and the node's data dir."""
+
+    threads: int = 0  # 0 = the backend decides
+    max_batch_size: int = 8  # the largest batch the scheduler will send (TensorRT profiles and warm-up)
+    # A writable per-node folder for compiled engines (TensorRT); None = the backend keeps nothing on disk.
+    cache_dir: Path | None = None
+    tensorrt_fp16: bool = False
 
 
 @dataclass
