@@ -102,6 +102,11 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def os_thread_count() -> int:
+    with open(f"/proc/{os.getpid()}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -256,6 +261,55 @@ async def bench(args: argparse.Namespace) -> list[Step]:
     return steps
 
 
+async def bench_in_process(args: argparse.Namespace) -> None:
+    """--in-process: N CameraRunners in this process, no engine and no plugin: what decoding alone costs."""
+    import threading
+
+    import trio
+
+    from edgebox.cameras import CameraRunner, CameraState, parse_camera_options
+
+    ok, reason = gi_rtsp_available()
+    if not ok:
+        raise SystemExit(f"the RTSP test server cannot run here: {reason} (scripts/install-system-deps.sh)")
+    mounts = [image_mount(f"/person{i}", PERSON_PNG) if i % 2 == 0 else pattern_mount(f"/ball{i}")
+              for i in range(args.mounts)]
+    with RtspServer(mounts) as server:
+        urls = [server.url(m["path"]) for m in mounts]
+        options = parse_camera_options({"fps": f"{args.fps:g}"})
+        gate = trio.CapacityLimiter(2)  # as the fleet does (edgebox/fleet.py, OPEN_CONCURRENCY)
+        sampled = [0]
+
+        def on_frame(frame: object) -> None:
+            sampled[0] += 1
+
+        runners = [CameraRunner(f"cam{i:03d}", urls[i % len(urls)], options, on_frame, open_gate=gate)
+                   for i in range(args.max)]
+        rss_before = rss_mb(os.getpid())
+        async with trio.open_nursery() as nursery:
+            for runner in runners:
+                await nursery.start(runner.run)
+            with trio.move_on_after(STREAMING_TIMEOUT_S):
+                while not all(r.status.state is CameraState.STREAMING for r in runners):
+                    await trio.sleep(0.2)
+            streaming = sum(r.status.state is CameraState.STREAMING for r in runners)
+            await trio.sleep(args.settle)
+            frames0, sampled0 = sum(r.status.frames_in for r in runners), sampled[0]
+            cpu0, t0 = cpu_seconds(os.getpid()), time.monotonic()
+            await trio.sleep(args.duration)
+            elapsed = time.monotonic() - t0
+            cpu = cpu_seconds(os.getpid()) - cpu0
+            frames = sum(r.status.frames_in for r in runners) - frames0
+            taken = sampled[0] - sampled0
+            threads, os_threads, rss = threading.active_count(), os_thread_count(), rss_mb(os.getpid())
+            nursery.cancel_scope.cancel()
+        print(f"| {args.max} ({streaming} streaming) | {frames / elapsed:.0f} | {taken / elapsed:.1f} | "
+              f"{100 * cpu / elapsed:.0f} % | {1000 * cpu / max(1, frames):.2f} ms | {threads} / {os_threads} | "
+              f"{rss_before:.0f} -> {rss:.0f} MB |")
+        await trio.sleep(1.0)
+        print(f"# Python threads 1 s after every runner was cancelled: {threading.active_count()}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max", type=int, default=50, help="most cameras (default 50)")
@@ -270,7 +324,20 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=330.0,
                    help="seconds the whole run may take; no step starts that would pass it (default 330)")
     p.add_argument("--keep-log", action="store_true", help="print the end of the engine log")
+    p.add_argument("--in-process", action="store_true",
+                   help="run --max CameraRunners in this process (no engine, no plugin) and print the CPU per "
+                        "decoded frame, threads and RSS of decoding alone")
     args = p.parse_args()
+    if args.in_process:
+        import trio
+
+        print(f"# edgebox camera runners in-process, {time.strftime('%Y-%m-%d %H:%M')}, {args.mounts} mounts, "
+              f"sampling {args.fps:g} fps, {args.duration:g} s; load average before {os.getloadavg()[0]:.2f}")
+        print("| cameras | frames in/s | sampled/s | process CPU | CPU per decoded frame | threads (Python / OS) | "
+              "RSS |\n|---|---|---|---|---|---|---|", flush=True)
+        trio.run(bench_in_process, args)
+        print(f"# load average after {os.getloadavg()[0]:.2f}")
+        return
     print(f"# edgebox cameras benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {cpu_model()}, "
           f"{len(os.sched_getaffinity(0))} cores, load average before {os.getloadavg()[0]:.2f}")
     print(f"# {args.mounts} shared RTSP mounts 640x360 at 10 fps (H.264), person workflow, sampling {args.fps:g} "

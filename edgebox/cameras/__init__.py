@@ -1,11 +1,13 @@
 """Cameras: one decode task per camera (`CameraRunner`) with a reconnecting state machine, its options and sources.
 
-Import the public names from here; the modules behind them are `options`, `state`, `sources` and `runner`.
+Import the public names from here; the modules behind them are `options`, `state`, `sampling`, `sources` and
+`runner`.
 """
 
 from edgebox.cameras import decode_meter
 from edgebox.cameras.options import CAMERA_CONFIG_KEYS, CameraOptions, Roi, parse_camera_options
 from edgebox.cameras.runner import CameraRunner, CapturedFrame, backoff_delay
+from edgebox.cameras.sampling import PerFrameSource, SampledFrame, Sampler
 from edgebox.cameras.sources import (
     MAX_URL_LENGTH,
     DemoSource,
@@ -15,7 +17,7 @@ from edgebox.cameras.sources import (
     open_source,
     validate_source_url,
 )
-from edgebox.cameras.state import CameraState, CameraStatus, StreamError, StreamFailure
+from edgebox.cameras.state import CameraState, CameraStatus, StreamError, StreamFailure, StreamStalled
 
 __all__ = [
     "CAMERA_CONFIG_KEYS",
@@ -28,9 +30,13 @@ __all__ = [
     "DemoSource",
     "FrameSource",
     "OpenCvSource",
+    "PerFrameSource",
     "Roi",
+    "SampledFrame",
+    "Sampler",
     "StreamError",
     "StreamFailure",
+    "StreamStalled",
     "backoff_delay",
     "decode_meter",
     "mask_url",

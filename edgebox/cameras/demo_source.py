@@ -1,7 +1,7 @@
 """`DemoSource`: synthetic cameras for demos and tests without hardware, `demo://person` and `demo://empty`.
 
 Frames are drawn with numpy on the event loop (a few hundred microseconds at 640x360) and paced with trio.sleep;
-no threads. The person photo ships inside the package (edgebox/demo/astronaut.jpg) so a one-file build finds it.
+no threads. `PerFrameSource` counts and samples them. The person photo ships inside the package (edgebox/demo/astronaut.jpg) so a one-file build finds it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import trio
 
+from edgebox.cameras.sampling import PerFrameSource
 from edgebox.cameras.state import StreamError, StreamFailure
 
 DEMO_WIDTH, DEMO_HEIGHT = 640, 360
@@ -57,7 +58,7 @@ def _gradient_strip() -> np.ndarray:
     return np.stack([b, g, r], axis=-1).astype(np.uint8)
 
 
-class DemoSource:
+class DemoSource(PerFrameSource):
     """A synthetic live camera; `kind` is "person" (a photo walking slowly) or "empty" (a panning gradient)."""
 
     def __init__(self, kind: str, *, fps: float = DEMO_FPS) -> None:
@@ -69,7 +70,7 @@ class DemoSource:
         self._next_due = 0.0
         self._open = False
 
-    async def open(self) -> None:
+    async def connect(self) -> None:
         """Load the assets (cached after the first open); raises StreamFailure if the photo is missing."""
         if self._kind == "person":
             _person_sprite()
@@ -77,7 +78,7 @@ class DemoSource:
         self._t0 = self._next_due = trio.current_time()
         self._open = True
 
-    async def read(self) -> np.ndarray:
+    async def next_frame(self) -> np.ndarray:
         """The next frame, at the demo frame rate."""
         if not self._open:
             raise StreamFailure(StreamError.OTHER, f"demo://{self._kind} is not open")

@@ -1,7 +1,8 @@
 """`OpenCvSource`: frames from RTSP, HTTP or a video file through OpenCV's FFmpeg backend.
 
-Every blocking cv2 call runs in a worker thread under a per-source CapacityLimiter(1), so reads never overlap and
-release waits for an in-flight read. Why a stream failed comes from `probe.py`; reconnecting is the runner's job.
+The open runs in a trio worker thread; then one reader thread per source owns the capture: it `grab()`s every
+frame (demux + decode), counts it with the runner's `Sampler`, converts to BGR (`retrieve()`) only the frames the
+sampler takes and hands those to trio. Why a stream failed comes from `probe.py`; reconnecting is the runner's job.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import trio
 
 from edgebox.cameras import decode_meter
 from edgebox.cameras.options import CameraOptions
-from edgebox.cameras.probe import probe_failure
-from edgebox.cameras.state import StreamError, StreamFailure
+from edgebox.cameras.probe import preflight_failure, probe_failure
+from edgebox.cameras.sampling import SampledFrame, Sampler
+from edgebox.cameras.state import StreamError, StreamFailure, StreamStalled
 from edgebox.cameras.urls import SourceUrl, mask_url, parse_source_url
 
 # OpenCV reads this process-wide variable at every open. The TCP value is set once here, before any open:
@@ -36,6 +38,12 @@ DEFAULT_FILE_FPS = 25.0  # pacing when a file does not say its frame rate
 # also what lets decode_meter time it. Measured with 50 cameras at 640x360: 203 -> 53 threads in the process,
 # RSS 367 -> 300 MB, CPU unchanged within noise (docs/benchmarks.md, "Cameras").
 DECODE_THREADS = 1
+# The quick RTSP DESCRIBE before each open (probe.preflight_failure) gets at most this long: a server that does
+# not answer it fails as TIMEOUT without entering OpenCV's process-wide open lock for open_timeout_s.
+PREFLIGHT_TIMEOUT_S = 2.0
+# Sampled frames waiting between the reader thread and the runner. Full (the trio thread has not taken the last
+# one yet), the reader waits: the stream backs up in the socket and no sampled frame is dropped at this hop.
+HANDOFF_FRAMES = 1
 os.environ[CAPTURE_OPTIONS_ENV] = RTSP_TCP_OPTIONS
 
 
@@ -84,52 +92,68 @@ _ENV_GATE = _EnvGate()
 class OpenCvSource:
     """One capture of one URL: open once, read until it fails, aclose. The runner makes a new one per attempt."""
 
+    clock = staticmethod(time.monotonic)  # arrivals are timed in the reader thread
+
     def __init__(self, url: str, options: CameraOptions, *, parsed: SourceUrl | None = None) -> None:
         self._url = url
         self._parsed = parsed or parse_source_url(url)
         self._options = options
         self._shown = mask_url(url)
-        self._limiter = trio.CapacityLimiter(1)
-        self._cap: cv2.VideoCapture | None = None  # touched only in worker threads holding the limiter
-        self._first: np.ndarray | None = None  # the frame open() read to prove the stream decodes
+        self._cap: cv2.VideoCapture | None = None  # the open thread's, then the reader thread's
         self._is_file = self._parsed.kind == "file"
+        self._sampler: Sampler | None = None
         # An open may run for open_timeout_s; aclose() does not wait for it but leaves the release to its thread.
         self._handoff = threading.Lock()
         self._opening = False
         self._closed = False
-        self._interval = 0.0
-        self._next_due = 0.0
+        self._stop = threading.Event()
+        self._send, self._receive = trio.open_memory_channel[tuple[np.ndarray, float, float]](HANDOFF_FRAMES)
+        self._reader: threading.Thread | None = None
+        self._reader_done = trio.Event()
+        self._failure: StreamFailure | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._limiter = trio.CapacityLimiter(1)  # the open's worker thread; not trio's shared default limiter
+        self._pixels = 0  # per frame, for decode_meter
 
-    async def open(self) -> None:
-        """Open and decode one frame; raises StreamFailure classified by the probe when it cannot."""
+    async def open(self, sampler: Sampler) -> None:
+        """Open, decode the first frame (sampled), then start the reader thread; raises StreamFailure classified
+        by the probe when it cannot."""
+        self._sampler = sampler
+        self._token = trio.lowlevel.current_trio_token()
         self._opening = True
         fps = await trio.to_thread.run_sync(self._open_sync, abandon_on_cancel=True, limiter=self._limiter)
+        # Not cancelled, so _open_sync saw no aclose(): the capture is ours to hand to the reader.
+        interval = 0.0
         if self._is_file:
             # A file is played at its own rate, as a camera would deliver it, not as fast as it decodes.
-            self._interval = 1.0 / (fps if math.isfinite(fps) and 0 < fps <= 240 else DEFAULT_FILE_FPS)
-            self._next_due = trio.current_time() + self._interval
+            interval = 1.0 / (fps if math.isfinite(fps) and 0 < fps <= 240 else DEFAULT_FILE_FPS)
+        self._reader = threading.Thread(target=self._read_loop, args=(interval,), daemon=True,
+                                        name=f"edgebox-camera {self._shown}"[:60])
+        self._reader.start()
 
-    async def read(self) -> np.ndarray:
-        """The next BGR frame; StreamFailure(SOURCE_ENDED) at end of file or when the server closes the stream."""
-        if self._first is not None:
-            frame, self._first = self._first, None
-            return frame
-        if self._is_file:
-            await trio.sleep_until(self._next_due)
-            self._next_due = max(self._next_due + self._interval, trio.current_time())
-        return await trio.to_thread.run_sync(self._read_sync, abandon_on_cancel=True, limiter=self._limiter)
+    async def read(self) -> SampledFrame:
+        """The next sampled BGR frame; StreamFailure(SOURCE_ENDED) at end of file or when the server stops."""
+        try:
+            image, captured_at, arrived = await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise self._failure or StreamFailure(StreamError.OTHER, f"{self._shown}: read after close") from None
+        # The reader timed the arrival with time.monotonic(); express it on the trio clock.
+        return SampledFrame(image, captured_at, trio.current_time() - (time.monotonic() - arrived))
 
     async def aclose(self) -> None:
-        """Release the capture; waits for an in-flight read (bounded by the read timeout) to finish first."""
-        self._first = None
+        """Stop the reader and wait until it has released the capture (bounded by one read timeout)."""
+        self._stop.set()
+        self._receive.close()  # a reader waiting to hand over a frame gives up
         with self._handoff:
             self._closed = True
             opening = self._opening
         if opening:  # a cancelled open: its thread releases the capture when the connect returns (see _open_sync)
             return
-        await trio.to_thread.run_sync(self._release_sync, limiter=self._limiter)
+        if self._reader is None:  # open() failed or never ran: the open thread released what it had
+            return
+        await self._reader_done.wait()
 
-    # ---- worker-thread side -------------------------------------------------------------------------------
+    # ---- open (a trio worker thread) ----------------------------------------------------------------------
     def _open_sync(self) -> float:
         try:
             return self._open_capture()
@@ -149,6 +173,11 @@ class OpenCvSource:
             gate = _ENV_GATE.exclusive(RTSP_UDP_OPTIONS)
         else:  # rtsps is TCP-only (TLS); http ignores the rtsp_* options
             gate = _ENV_GATE.shared()
+        if self._parsed.scheme in ("rtsp", "rtsps"):
+            assert self._parsed.parts is not None
+            failure = preflight_failure(self._parsed.parts, min(PREFLIGHT_TIMEOUT_S, self._options.open_timeout_s))
+            if failure is not None:
+                raise failure
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self._options.open_timeout_s * 1000),
             # A frozen server makes read() block this long and then return a stale frame; the runner's
@@ -168,6 +197,8 @@ class OpenCvSource:
             # The probe gets what is left of the open timeout (at least 1 s): a dead host costs one timeout, not two.
             left = self._options.open_timeout_s - (time.monotonic() - started)
             raise probe_failure(self._parsed.parts, max(1.0, left))
+        assert self._sampler is not None
+        self._sampler.opened()
         ok, frame = cap.read()
         if not ok or frame is None:
             self._release_sync()
@@ -175,7 +206,14 @@ class OpenCvSource:
                 raise StreamFailure(StreamError.UNSUPPORTED_CODEC, f"{self._shown}: no decodable video frame")
             raise StreamFailure(StreamError.TIMEOUT, f"{self._shown} opened but sent no frame within "
                                                      f"{self._options.watchdog_s:g} s")
-        self._first = frame
+        now = time.monotonic()
+        try:
+            self._sampler.arrived(now)  # the first frame is always sampled
+        except StreamStalled:
+            self._release_sync()
+            raise
+        self._pixels = frame.shape[0] * frame.shape[1]
+        self._send.send_nowait((frame, time.time(), now))  # the channel is empty: never blocks
         return float(cap.get(cv2.CAP_PROP_FPS))
 
     def _check_file(self, path: str) -> None:
@@ -186,20 +224,70 @@ class OpenCvSource:
         if not os.access(path, os.R_OK):
             raise StreamFailure(StreamError.UNAUTHORIZED, f"no permission to read {path}")
 
-    def _read_sync(self) -> np.ndarray:
-        cap = self._cap
-        if cap is None:
-            raise StreamFailure(StreamError.OTHER, f"{self._shown}: read after close")
-        started = time.thread_time()
+    # ---- the reader thread --------------------------------------------------------------------------------
+    def _read_loop(self, interval: float) -> None:
+        failure: StreamFailure | None = None
         try:
-            ok, frame = cap.read()
-        except cv2.error as exc:
-            raise StreamFailure(StreamError.OTHER, f"{self._shown}: decode error: {exc}") from None
-        if not ok or frame is None:
-            what = "end of file" if self._is_file else "the server closed the stream or stopped sending"
-            raise StreamFailure(StreamError.SOURCE_ENDED, f"{self._shown}: {what}")
-        decode_meter.add(frame.shape[0] * frame.shape[1], time.thread_time() - started)
-        return frame
+            self._read_frames(interval)
+        except StreamFailure as exc:
+            failure = exc
+        except Exception as exc:  # noqa: BLE001 - reported to the runner, whose boundary logs and retries
+            failure = StreamFailure(StreamError.OTHER, f"{self._shown}: {type(exc).__name__}: {exc}")
+        finally:
+            self._release_sync()
+            self._finished(failure or StreamFailure(StreamError.OTHER, f"{self._shown}: closed"))
+
+    def _read_frames(self, interval: float) -> None:
+        cap, sampler = self._cap, self._sampler
+        assert cap is not None and sampler is not None
+        next_due = time.monotonic() + interval
+        while not self._stop.is_set():
+            if interval:  # a file: pace it
+                delay = next_due - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+                next_due = max(next_due + interval, time.monotonic())
+            cpu = time.thread_time()
+            try:
+                ok = cap.grab()  # demux and decode; no colour conversion
+            except cv2.error as exc:
+                raise StreamFailure(StreamError.OTHER, f"{self._shown}: decode error: {exc}") from None
+            now = time.monotonic()
+            if not ok:
+                what = "end of file" if self._is_file else "the server closed the stream or stopped sending"
+                raise StreamFailure(StreamError.SOURCE_ENDED, f"{self._shown}: {what}")
+            # A grab that returns a watchdog period after the last frame is cv2's read timeout (= watchdog_s)
+            # handing back an old frame: arrived() raises StreamStalled for it.
+            frame = None
+            if sampler.arrived(now):
+                ok, frame = cap.retrieve()  # to BGR: only for the frames the pipeline gets
+                if not ok or frame is None:
+                    raise StreamFailure(StreamError.OTHER, f"{self._shown}: a frame could not be decoded")
+                self._pixels = frame.shape[0] * frame.shape[1]
+            decode_meter.add(self._pixels, time.thread_time() - cpu)
+            if frame is not None and not self._hand_over(frame, sampler.last_wall or time.time(), now):
+                return
+
+    def _hand_over(self, frame: np.ndarray, captured_at: float, arrived: float) -> bool:
+        """Give a sampled frame to trio, waiting while the one before is still there; False once closed."""
+        assert self._token is not None
+        try:
+            trio.from_thread.run(self._send.send, (frame, captured_at, arrived), trio_token=self._token)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError, trio.Cancelled):
+            return False
+        return True
+
+    def _finished(self, failure: StreamFailure) -> None:
+        def report() -> None:  # on the trio thread
+            self._failure = failure
+            self._send.close()  # read() gets the frames still queued, then this failure
+            self._reader_done.set()
+
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(report)
+        except trio.RunFinishedError:
+            pass  # the program is gone; the capture is released all the same
 
     def _release_sync(self) -> None:
         cap, self._cap = self._cap, None

@@ -19,11 +19,11 @@ MAX_BACKOFF_RANGE_S = (1.0, 30.0)  # the cap is 30 s so a dead camera is retried
 TRANSPORTS = ("tcp", "udp")
 
 CAMERA_CONFIG_KEYS: dict[str, str] = {
-    "fps": "Frames per second handed to the pipeline, 0.1..30 (default 5); every frame is still read.",
+    "fps": "Frames per second handed to the pipeline, 0.1..30 (default 5); every frame is still decoded.",
     "roi": "Region of interest 'x,y,w,h' as fractions of the frame (default: whole frame).",
     "transport": "RTSP transport, 'tcp' (default) or 'udp'; ignored for other URL schemes.",
     "watchdog_s": "No new frame for this many seconds marks the camera STALLED and reopens it, 1..120 (default 5).",
-    "open_timeout_s": "Seconds allowed to connect and open the stream, 1..60 (default 10).",
+    "open_timeout_s": "Seconds allowed to connect and open the stream, 1..60 (default 10); RTSP must answer DESCRIBE in 2.",
     "max_backoff_s": "Cap of the reconnect back-off (0.5 s doubling), 1..30 (default 30).",
 }
 

@@ -25,6 +25,22 @@ DECODABLE_ENCODINGS = frozenset({"H264", "H265", "HEVC", "JPEG", "MP4V-ES", "VP8
                                  "H263-1998", "H263-2000", "MPV", "MP2T", "RAW"})
 
 
+# What a preflight DESCRIBE may decide on its own. Other answers (401 with credentials, an SDP the probe does not
+# know) go on to FFmpeg, which may know better.
+PREFLIGHT_DECIDES = frozenset({StreamError.REFUSED, StreamError.TIMEOUT, StreamError.NOT_FOUND})
+
+
+def preflight_failure(parts: SplitResult, timeout: float) -> StreamFailure | None:
+    """A quick DESCRIBE before OpenCV opens an RTSP URL: the failure when the server refuses, is unknown or does
+    not answer within `timeout`; None when FFmpeg should try (the server answered).
+
+    OpenCV holds one process-wide lock through every open, so a server that accepts TCP but never answers would
+    hold every other camera's (re)connection for the whole open timeout; this keeps it out of that lock.
+    """
+    failure = probe_failure(parts, timeout)
+    return failure if failure.error in PREFLIGHT_DECIDES else None
+
+
 def probe_failure(parts: SplitResult, timeout: float) -> StreamFailure:
     """Classify a network source that failed to open; returns (does not raise) the StreamFailure."""
     host, port = parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme]

@@ -1,8 +1,8 @@
 """`CameraRunner`: one camera's decode task, a reconnecting state machine around a `FrameSource`.
 
-Owns the states, the back-off, the frame-arrival watchdog (cv2 never reconnects and returns stale frames from a
-frozen server) and fps sampling. It reads every frame the source gives and hands sampled ones to `on_frame`; it
-does not crop, queue or infer.
+Owns the states, the back-off and the frame-arrival watchdog (cv2 never reconnects and returns stale frames from a
+frozen server). The source counts every frame with this runner's `Sampler` and hands over only the sampled ones,
+which the runner numbers and passes to `on_frame`; it does not decode, crop, queue or infer.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,8 +18,16 @@ import numpy as np
 import trio
 
 from edgebox.cameras.options import CameraOptions
+from edgebox.cameras.sampling import SampledFrame, Sampler
 from edgebox.cameras.sources import FrameSource, open_source
-from edgebox.cameras.state import PERMANENT_ERRORS, CameraState, CameraStatus, StreamError, StreamFailure
+from edgebox.cameras.state import (
+    PERMANENT_ERRORS,
+    CameraState,
+    CameraStatus,
+    StreamError,
+    StreamFailure,
+    StreamStalled,
+)
 from edgebox.cameras.urls import mask_url
 
 log = logging.getLogger("edgebox.cameras")
@@ -29,8 +36,6 @@ INITIAL_BACKOFF_S = 0.5
 STABLE_STREAMING_S = 10.0  # streaming this long without a failure resets the back-off to INITIAL_BACKOFF_S
 OPEN_GRACE_S = 2.0  # beyond the source's own open + first-read timeouts, before the runner gives up on open()
 CLOSE_GRACE_S = 2.0  # beyond one read timeout (= watchdog_s) that aclose() may wait out
-FPS_EMA_ALPHA = 0.2  # weight of the newest frame interval in fps_in
-STALE_READ_FRACTION = 0.9  # a read this close to watchdog_s that repeats the last frame is a stale frame
 ON_FRAME_ERROR_LOG_INTERVAL_S = 10.0
 
 SourceFactory = Callable[[str, CameraOptions], FrameSource]
@@ -75,16 +80,20 @@ class CameraRunner:
         self._status = CameraStatus(since=since)
         self._failures = 0  # consecutive failed attempts; drives the back-off
         self._seq = 0
-        self._next_sample = -math.inf
-        self._interval_ema: float | None = None
-        self._last_arrival = 0.0
-        self._streaming_since: float | None = None
+        self._sampler: Sampler | None = None  # the current attempt's; its counters are live in `status`
         self._on_frame_errors = 0
         self._on_frame_logged_at = -math.inf
 
     @property
     def status(self) -> CameraStatus:
-        return dataclasses.replace(self._status)
+        status = dataclasses.replace(self._status)
+        sampler = self._sampler
+        if sampler is not None:
+            status.frames_in += sampler.arrivals
+            status.last_frame_at = sampler.last_wall or status.last_frame_at
+            if status.state is CameraState.STREAMING:
+                status.fps_in = sampler.fps_in
+        return status
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, stream and reconnect until cancelled; started() fires at once, before the first open."""
@@ -110,10 +119,17 @@ class CameraRunner:
     # ---- one open..failure cycle --------------------------------------------------------------------------
     async def _attempt(self) -> StreamFailure:
         source: FrameSource | None = None
+        sampler: Sampler | None = None
+        started = trio.current_time()
         try:
             source = self._source_factory(self.url, self.options)
-            await self._open(source)
-            await self._stream(source)
+            sampler = Sampler(self.options.fps, self.options.watchdog_s, source.clock)
+            self._sampler = sampler
+            await self._open(source, sampler)
+            await self._stream(source, sampler, started)
+        except StreamStalled as failure:
+            self._set_state(CameraState.STALLED, failure.message)
+            return failure
         except StreamFailure as failure:
             return failure
         except Exception as exc:  # the camera's boundary: a source bug must not take the nursery down
@@ -122,45 +138,46 @@ class CameraRunner:
         finally:
             if source is not None:
                 await self._close(source)
+            if sampler is not None:
+                self._end_attempt(sampler)
         raise AssertionError("_stream returns only by raising")  # pragma: no cover
 
-    async def _open(self, source: FrameSource) -> None:
+    def _end_attempt(self, sampler: Sampler) -> None:
+        status = self._status
+        status.frames_in += sampler.arrivals
+        status.last_frame_at = sampler.last_wall or status.last_frame_at
+        self._sampler = None
+        if sampler.streamed_s() >= STABLE_STREAMING_S:  # it streamed long enough: back off from the start again
+            self._failures = 0
+
+    async def _open(self, source: FrameSource, sampler: Sampler) -> None:
         limit = self.options.open_timeout_s + self.options.watchdog_s + OPEN_GRACE_S
         async with self._open_gate or contextlib.nullcontext():
             with trio.move_on_after(limit) as scope:
-                await source.open()
+                await source.open(sampler)
         if scope.cancelled_caught:
             raise StreamFailure(StreamError.TIMEOUT, f"open did not finish within {limit:g} s")
 
-    async def _stream(self, source: FrameSource) -> None:
+    async def _stream(self, source: FrameSource, sampler: Sampler, started: float) -> None:
         watchdog = self.options.watchdog_s
-        opened_at = self._last_arrival = trio.current_time()  # the first frame is due within watchdog_s of open
-        self._next_sample, self._interval_ema, self._streaming_since = -math.inf, None, None
-        previous: np.ndarray | None = None
+        first = True
         while True:
-            started = trio.current_time()
-            with trio.move_on_at(self._last_arrival + watchdog) as scope:
-                image = await source.read()
-            now = trio.current_time()
-            # cv2 on a frozen server blocks for its read timeout (= watchdog_s) and then returns an old frame.
-            # The deadline normally cancels the read first; a result that won the race is still too late.
-            if scope.cancelled_caught or now - self._last_arrival >= watchdog:
-                self._stall(f"no new frame for {watchdog:g} s")
-            if (previous is not None and now - started >= watchdog * STALE_READ_FRACTION
-                    and np.array_equal(previous, image)):
-                self._stall(f"a read took {now - started:.1f} s and repeated the last frame (frozen server)")
-            first = self._streaming_since is None
+            # The source counts arrivals in its own thread; only sampled frames come through read(). The
+            # deadline is the watchdog counted from the last arrival, whether or not that frame was sampled.
+            with trio.move_on_after(max(0.0, watchdog - sampler.idle_s())) as scope:
+                frame = await source.read()
+            if scope.cancelled_caught:
+                if sampler.idle_s() >= watchdog:
+                    raise StreamStalled(f"no new frame for {watchdog:g} s")
+                continue
+            if frame is None:  # a frame arrived and was not sampled: recompute the deadline
+                continue
             if first:
-                self._streaming_since = now
+                first = False
                 self._status.error = StreamError.NONE
-                self._set_state(CameraState.STREAMING,
-                                f"{image.shape[1]}x{image.shape[0]}, first frame {now - opened_at:.2f} s after open")
-            self._arrived(image, now, first)
-            previous = image
-
-    def _stall(self, reason: str) -> None:
-        self._set_state(CameraState.STALLED, reason)
-        raise StreamFailure(StreamError.TIMEOUT, reason)
+                self._set_state(CameraState.STREAMING, f"{frame.image.shape[1]}x{frame.image.shape[0]}, first "
+                                                       f"frame {frame.arrived - started:.2f} s after the open began")
+            self._sampled(frame)
 
     async def _close(self, source: FrameSource) -> None:
         # Shielded so a cancelled runner still releases the capture; time-limited so a stuck read cannot hold
@@ -175,30 +192,14 @@ class CameraRunner:
             log.warning("camera %s: closing the source took over %g s; left to finish in its thread",
                         self.camera_id, limit)
 
-    # ---- per frame ----------------------------------------------------------------------------------------
-    def _arrived(self, image: np.ndarray, now: float, first: bool) -> None:
-        status = self._status
-        if not first:  # the first frame's wait includes the open, not a frame interval
-            interval = now - self._last_arrival
-            ema = self._interval_ema
-            self._interval_ema = interval if ema is None else ema + FPS_EMA_ALPHA * (interval - ema)
-            status.fps_in = 1.0 / self._interval_ema if self._interval_ema > 0 else 0.0
-        self._last_arrival = now
-        status.frames_in += 1
-        status.resolution = f"{image.shape[1]}x{image.shape[0]}"
-        status.last_frame_at = time.time()
-        if self._failures and now - (self._streaming_since or now) >= STABLE_STREAMING_S:
-            self._failures = 0
-        # Time-based sampling: take the frame nearest to each ideal sample time (hence half a source interval
-        # of slack), at most fps on average, and never catch up in a burst after a slow patch.
-        period = 1.0 / self.options.fps
-        if now + (self._interval_ema or 0.0) / 2 < self._next_sample:
-            return
-        base = self._next_sample if math.isfinite(self._next_sample) else now
-        self._next_sample = max(base + period, now)
+    # ---- per sampled frame ---------------------------------------------------------------------------------
+    def _sampled(self, sampled: SampledFrame) -> None:
+        image = sampled.image
+        self._status.resolution = f"{image.shape[1]}x{image.shape[0]}"
         self._seq += 1
-        status.frames_sampled = self._seq
-        self._deliver(CapturedFrame(self.camera_id, self._seq, image, status.last_frame_at, now), now)
+        self._status.frames_sampled = self._seq
+        self._deliver(CapturedFrame(self.camera_id, self._seq, image, sampled.captured_at, sampled.arrived),
+                      trio.current_time())
 
     def _deliver(self, frame: CapturedFrame, now: float) -> None:
         try:

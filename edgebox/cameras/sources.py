@@ -1,18 +1,19 @@
 """Frame sources: the `FrameSource` protocol the runner drives and `open_source`, which picks one by URL scheme.
 
-A source is single-use (open, read until StreamFailure, aclose); the runner builds a new one per attempt. This
-module re-exports the implementations (`OpenCvSource`, `DemoSource`) and the URL check AddCamera calls.
+A source is single-use (open, read until StreamFailure, aclose); the runner builds a new one per attempt. It counts
+every frame it receives with the runner's `Sampler` and hands over only the sampled ones. This module re-exports
+the implementations (`OpenCvSource`, `DemoSource`) and the URL check AddCamera calls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
-
-import numpy as np
 
 from edgebox.cameras.demo_source import DemoSource
 from edgebox.cameras.opencv_source import OpenCvSource
 from edgebox.cameras.options import CameraOptions
+from edgebox.cameras.sampling import SampledFrame, Sampler
 from edgebox.cameras.state import StreamError, StreamFailure
 from edgebox.cameras.urls import MAX_URL_LENGTH, mask_url, parse_source_url, validate_source_url
 
@@ -30,13 +31,18 @@ __all__ = [
 
 
 class FrameSource(Protocol):
-    """What the runner needs from a camera: all three may block only by awaiting."""
+    """What the runner needs from a camera: the three methods may block only by awaiting."""
 
-    async def open(self) -> None:
-        """Connect; raises StreamFailure saying why not."""
+    clock: Callable[[], float]  # the clock the source times arrivals with (Sampler.arrived's `now`)
 
-    async def read(self) -> np.ndarray:
-        """The next BGR uint8 frame (H, W, 3); raises StreamFailure, SOURCE_ENDED at the end."""
+    async def open(self, sampler: Sampler) -> None:
+        """Connect; raises StreamFailure saying why not. From then on it calls sampler.arrived() for every
+        frame it receives, in whichever thread receives it, and decodes and keeps only the ones it samples."""
+
+    async def read(self) -> SampledFrame | None:
+        """The next sampled frame, or None when frames arrived but none was sampled (a source that runs on the
+        trio thread returns after every frame, so that the runner's watchdog deadline moves on); raises
+        StreamFailure (StreamStalled when the sampler judged a frame stale, SOURCE_ENDED at the end)."""
 
     async def aclose(self) -> None:
         """Release everything; safe to call after a failed open and more than once."""

@@ -47,6 +47,13 @@ class StreamFailure(Exception):
         self.message = message
 
 
+class StreamStalled(StreamFailure):
+    """Frames stopped arriving (the watchdog) or a frame came back too late to be a new one: always TIMEOUT."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(StreamError.TIMEOUT, message)
+
+
 @dataclass
 class CameraStatus:
     """A copy of a camera's counters; `since` is trio.current_time() of the last state change."""
@@ -55,7 +62,7 @@ class CameraStatus:
     error: StreamError = StreamError.NONE  # current error; NONE while STREAMING
     last_error: str = ""  # most recent failure message, kept after recovery
     fps_in: float = 0.0  # moving average of the arrival rate; 0 when not STREAMING
-    frames_in: int = 0  # every frame read from the source
+    frames_in: int = 0  # every frame the source received (decoded or only grabbed)
     frames_sampled: int = 0  # frames handed to on_frame (== last CapturedFrame.seq)
     reconnects: int = 0  # open attempts after the first one
     resolution: str = ""  # "WxH" of the last frame

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from pathlib import Path
 
 import cv2
@@ -21,12 +22,14 @@ from edgebox.cameras import (
     CameraRunner,
     CameraState,
     CapturedFrame,
+    Sampler,
     StreamError,
     open_source,
     parse_camera_options,
 )
+from edgebox.cameras.opencv_source import PREFLIGHT_TIMEOUT_S
 from tests.support.fixtures import SECURE_PASSWORD, SECURE_USER
-from tests.support.rtsp import INSTALL_HINT, RtspServer, free_port, gi_rtsp_available
+from tests.support.rtsp import INSTALL_HINT, RtspServer, free_port, gi_rtsp_available, pattern_mount
 
 _GI_OK, _GI_REASON = gi_rtsp_available()
 _SKIP_RTSP = pytest.mark.skipif(
@@ -290,9 +293,63 @@ async def test_demo_person_yields_moving_frames():
 
 async def test_cancel_during_a_read_waits_for_the_capture_release(tmp_path: Path):
     source = open_source(str(write_clip(tmp_path / "c.avi")), QUICK)
-    await source.open()
+    await source.open(Sampler(QUICK.fps, QUICK.watchdog_s, source.clock))
     await source.read()
     with trio.move_on_after(0.01):
         await source.read()  # cancelled while paced or while the worker thread reads
     await source.aclose()
     await source.aclose()  # idempotent
+    assert not source._reader.is_alive()  # the reader thread released the capture and ended
+
+
+def reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("edgebox-camera ")]
+
+
+@needs_rtsp_server
+async def test_one_reader_thread_per_camera_none_left_after_reconnect_or_cancel(rtsp_server: RtspServer):
+    before = len(reader_threads())
+    runners = [CameraRunner(f"c{i}", rtsp_server.url("/ball"), QUICK, lambda frame: None) for i in range(3)]
+    async with trio.open_nursery() as nursery:
+        for runner in runners:
+            await nursery.start(runner.run)
+        for runner in runners:
+            await wait_for(runner, CameraState.STREAMING, timeout=10)
+        streaming = len(reader_threads()) - before
+        rtsp_server.kill()
+        for runner in runners:
+            await wait_for(runner, CameraState.RECONNECTING, timeout=5)
+        await trio.sleep(0.2)  # a reader that saw the end reports it, then returns
+        while_down = len(reader_threads()) - before
+        await trio.to_thread.run_sync(rtsp_server.restart)
+        for runner in runners:
+            await wait_for(runner, CameraState.STREAMING, timeout=10)
+        after_reconnect = len(reader_threads()) - before
+        nursery.cancel_scope.cancel()
+    assert (streaming, while_down, after_reconnect) == (3, 0, 3)
+    assert len(reader_threads()) == before  # cancelling waits for every reader to release its capture
+
+
+@needs_rtsp_server
+async def test_frozen_server_fails_the_open_fast_as_timeout_and_keeps_out_of_opencvs_open_lock(
+        rtsp_server_factory, person_image):
+    frozen = rtsp_server_factory([pattern_mount("/ball")])
+    healthy = rtsp_server_factory([pattern_mount("/ball")])
+    frozen.freeze()  # TCP connects complete in the kernel backlog; DESCRIBE is never answered
+    slow = parse_camera_options({"watchdog_s": "2", "open_timeout_s": "10", "max_backoff_s": "1"})
+    stuck = CameraRunner("frozen", frozen.url("/ball"), slow, lambda frame: None)
+    fine = CameraRunner("healthy", healthy.url("/ball"), slow, lambda frame: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stuck.run)
+        failed_in = await wait_for(stuck, CameraState.RECONNECTING, timeout=8)
+        status = stuck.status
+        await trio.sleep(0.5)  # the frozen camera keeps retrying, at the 1 s cap
+        await nursery.start(fine.run)
+        healthy_in = await wait_for(fine, CameraState.STREAMING, timeout=8)
+        nursery.cancel_scope.cancel()
+        frozen.thaw()
+    print(f"\nfrozen server: {status.error.name} after {failed_in:.2f} s ({status.last_error}); a healthy camera "
+          f"streamed {healthy_in:.2f} s after it was added while the frozen one kept retrying")
+    assert status.error is StreamError.TIMEOUT and "did not answer" in status.last_error
+    assert failed_in < PREFLIGHT_TIMEOUT_S + 1.5  # not open_timeout_s (10 s)
+    assert healthy_in < PREFLIGHT_TIMEOUT_S  # never queued behind the frozen server's open

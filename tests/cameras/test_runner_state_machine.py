@@ -1,6 +1,7 @@
 """CameraRunner's state machine on MockClock, driven by a fault-injecting FrameSource at the I/O boundary.
 
-The scripted source fails opens, freezes, ends and repeats stale frames on cue; the runner under test is real.
+The scripted source fails opens, freezes, ends and repeats stale frames on cue; the runner under test is real, and
+so is the sampling (the scripted source is a `PerFrameSource`, as the demo source is).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edgebox.cameras import (
     CameraState,
     CameraStatus,
     CapturedFrame,
+    PerFrameSource,
     StreamError,
     StreamFailure,
     backoff_delay,
@@ -55,21 +57,21 @@ class Script:
         return source
 
 
-class ScriptedSource:
+class ScriptedSource(PerFrameSource):
     def __init__(self, plan: Attempt, script: Script) -> None:
         self.plan, self.script = plan, script
         self.sent = 0
         self.closed = False
         self.last: np.ndarray | None = None
 
-    async def open(self) -> None:
+    async def connect(self) -> None:
         self.script.open_times.append(trio.current_time())
         if self.plan.open_hangs:
             await trio.sleep_forever()
         if self.plan.open_error is not None:
             raise StreamFailure(self.plan.open_error, f"scripted {self.plan.open_error.name}")
 
-    async def read(self) -> np.ndarray:
+    async def next_frame(self) -> np.ndarray:
         plan = self.plan
         if plan.frames is not None and self.sent >= plan.frames:
             if plan.then == "freeze":
@@ -187,7 +189,7 @@ async def test_a_frame_read_at_the_watchdog_deadline_is_not_delivered(autojump_c
 
 async def test_a_still_scene_repeating_frames_at_normal_rate_keeps_streaming(autojump_clock):
     class StillSource(ScriptedSource):
-        async def read(self) -> np.ndarray:
+        async def next_frame(self) -> np.ndarray:
             await trio.sleep(0.1)
             return np.zeros((36, 64, 3), np.uint8)
 
