@@ -1,13 +1,19 @@
 """The bridge between the trio program and the asyncio loop that hosts grpclib.
 
-grpclib is asyncio-only, so it runs on its own uvloop in one thread that a trio task owns. Two calls cross the
-boundary: `call_in_trio` (an asyncio coroutine awaits a trio function) and `call_in_asyncio` (a trio task awaits
-an asyncio coroutine). Cancellation crosses both ways. Nothing else here knows about gRPC.
+grpclib is asyncio-only, so it runs on its own uvloop in one thread that a trio task owns. Calls cross the
+boundary as `call_in_trio` (an asyncio coroutine awaits a trio function), `call_sync_in_trio` (the same for a
+quick synchronous function, run without a trio task) and `call_in_asyncio` (a trio task awaits an asyncio
+coroutine). Cancellation crosses both ways. Nothing else here knows about gRPC.
+
+Each crossing wakes the other thread, and on one core a wake-up is a context switch and a GIL hand-off: the
+costliest part of a small call (docs/benchmarks.md, gRPC). So crossings are coalesced: calls and results that
+queue up while a wake-up is pending ride on it (`_Mailbox`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -48,6 +54,47 @@ class _TrioCall:
             self.scope.cancel()
 
 
+class _Mailbox:
+    """Callbacks for another thread, delivered in order; one wake-up carries every callback queued before it runs.
+
+    `wake(drain)` schedules `drain` in the other thread (trio's `run_sync_soon`, asyncio's
+    `call_soon_threadsafe`); it is called only when no drain is pending. Callbacks must not raise.
+    """
+
+    __slots__ = ("_items", "_lock", "_pending", "_wake")
+
+    def __init__(self, wake: Callable[[Callable[[], None]], object]) -> None:
+        self._items: collections.deque[Callable[[], None]] = collections.deque()
+        self._lock = threading.Lock()
+        self._pending = False
+        self._wake = wake
+
+    def post(self, callback: Callable[[], None]) -> None:
+        """Queue callback; raises what `wake` raises (the other side is gone), dropping what was queued."""
+        with self._lock:
+            self._items.append(callback)
+            if self._pending:
+                return
+            self._pending = True
+        try:
+            self._wake(self._drain)
+        except BaseException:
+            with self._lock:
+                self._pending = False
+                self._items.clear()
+            raise
+
+    def _drain(self) -> None:  # in the other thread
+        with self._lock:
+            items, self._items = self._items, collections.deque()
+            self._pending = False
+        for callback in items:
+            try:
+                callback()
+            except Exception:  # a bug; raising here would kill the trio run or the loop's callback
+                log.exception("bridge callback failed")
+
+
 class Bridge:
     """Handle on a running asyncio loop thread and the trio nursery that runs calls coming from it."""
 
@@ -55,18 +102,32 @@ class Bridge:
         self.loop = loop
         self._nursery = nursery
         self._token = trio.lowlevel.current_trio_token()
+        self._to_trio = _Mailbox(self._token.run_sync_soon)
+        self._to_asyncio = _Mailbox(loop.call_soon_threadsafe)
         # Set (in trio) just before the loop is told to stop: later calls into asyncio would never run.
         self.loop_stopping = False
 
     # -- asyncio -> trio -------------------------------------------------------------------------------
+    def _post_to_trio(self, callback: Callable[[], None]) -> None:
+        try:
+            self._to_trio.post(callback)
+        except trio.RunFinishedError:
+            raise ShuttingDown("the engine has stopped") from None
+
+    def _reply(self, fut: asyncio.Future[outcome.Outcome], result: outcome.Outcome) -> None:
+        """Hand result to the awaiting asyncio future (from the trio thread)."""
+
+        def deliver() -> None:
+            if not fut.done():
+                fut.set_result(result)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the caller is gone with it
+            self._to_asyncio.post(deliver)
+
     async def call_in_trio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Await `fn(*args)` run as a trio task; called from the asyncio thread."""
         fut: asyncio.Future[outcome.Outcome] = self.loop.create_future()
         call = _TrioCall()
-
-        def deliver(result: outcome.Outcome) -> None:
-            if not fut.done():
-                fut.set_result(result)
 
         async def run() -> None:
             with trio.CancelScope() as scope:
@@ -76,41 +137,37 @@ class Bridge:
                 result = await outcome.acapture(fn, *args)
             if isinstance(result, outcome.Error) and isinstance(result.error, trio.Cancelled):
                 result = outcome.Error(ShuttingDown("the engine is stopping; retry after it restarts"))
-            try:
-                self.loop.call_soon_threadsafe(deliver, result)
-            except RuntimeError:  # the loop is closed: the caller is gone with it
-                pass
+            self._reply(fut, result)
 
-        def start() -> None:  # runs in the trio thread; must never raise (it would kill the trio run)
+        def start() -> None:  # runs in the trio thread
             try:
                 self._nursery.start_soon(run)
             except RuntimeError:
-                with contextlib.suppress(RuntimeError):
-                    self.loop.call_soon_threadsafe(deliver, outcome.Error(ShuttingDown("the engine is stopping")))
+                self._reply(fut, outcome.Error(ShuttingDown("the engine is stopping")))
 
-        try:
-            self._token.run_sync_soon(start)
-        except trio.RunFinishedError:
-            raise ShuttingDown("the engine has stopped") from None
+        self._post_to_trio(start)
         try:
             result = await fut
         except asyncio.CancelledError:
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(call.cancel)
+            with contextlib.suppress(ShuttingDown):
+                self._post_to_trio(call.cancel)
             raise
         return result.unwrap()
 
+    async def call_sync_in_trio(self, fn: Callable[..., T], *args: Any) -> T:
+        """Await the quick synchronous `fn(*args)` run in the trio thread; called from the asyncio thread.
+
+        No trio task is started (fn cannot be cancelled halfway and must not block): for reads such as
+        HealthCheck and ListCameras, which still cross so that only the trio thread touches domain objects.
+        """
+        fut: asyncio.Future[outcome.Outcome] = self.loop.create_future()
+        self._post_to_trio(lambda: self._reply(fut, outcome.capture(fn, *args)))
+        return (await fut).unwrap()
+
     def run_in_trio_soon(self, fn: Callable[[], None]) -> None:
         """Run a quick synchronous callback in the trio thread (errors are logged, never raised there)."""
-
-        def guarded() -> None:
-            try:
-                fn()
-            except Exception:
-                log.exception("bridge callback failed")
-
         with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(guarded)
+            self._to_trio.post(fn)
 
     # -- trio -> asyncio -------------------------------------------------------------------------------
     async def call_in_asyncio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -81,6 +81,48 @@ async def test_call_in_trio_returns_the_trio_result_to_asyncio():
         assert await bridge.call_in_asyncio(bridge.call_in_trio, in_trio, 41) == (42, True)
 
 
+async def test_call_sync_in_trio_runs_the_function_in_the_trio_thread():
+    trio_thread = threading.current_thread()
+
+    def in_trio(x: int) -> tuple[int, bool]:
+        return x + 1, threading.current_thread() is trio_thread
+
+    async with open_bridge() as bridge:
+        assert await bridge.call_in_asyncio(bridge.call_sync_in_trio, in_trio, 41) == (42, True)
+
+
+async def test_call_sync_in_trio_raises_the_function_exception_in_asyncio():
+    def in_trio() -> None:
+        raise ValueError("from trio")
+
+    async def in_asyncio() -> str:
+        try:
+            await bridge.call_sync_in_trio(in_trio)
+        except ValueError as exc:
+            return f"caught {exc}"
+        return "not raised"
+
+    async with open_bridge() as bridge:
+        assert await bridge.call_in_asyncio(in_asyncio) == "caught from trio"
+
+
+async def test_many_calls_in_flight_each_get_their_own_result():
+    """Calls that cross together share wake-ups; none may be lost or answered with another's result."""
+
+    async def slow(x: int) -> int:
+        await trio.sleep(0.001 * (x % 3))
+        return -x
+
+    async def in_asyncio() -> list[int]:
+        calls = [bridge.call_sync_in_trio(lambda x=x: x * 10) if x % 2 else bridge.call_in_trio(slow, x)
+                 for x in range(300)]
+        return list(await asyncio.gather(*calls))
+
+    async with open_bridge() as bridge:
+        with trio.fail_after(WAIT_S):
+            assert await bridge.call_in_asyncio(in_asyncio) == [x * 10 if x % 2 else -x for x in range(300)]
+
+
 async def test_call_in_trio_raises_the_trio_exception_in_asyncio():
     async def in_trio() -> None:
         raise ValueError("from trio")

@@ -1,7 +1,8 @@
 """The InferenceService handlers: decode the request, call the node in trio, convert the answer.
 
 Every handler body runs on the asyncio thread and crosses to trio exactly once per call through the bridge, so
-domain objects are only ever touched on the trio thread. Guarding (draining, error mapping, metrics) wraps
+domain objects are only ever touched on the trio thread; reads that never wait (HealthCheck, the List calls,
+GetMetrics) cross as a plain function call, without a trio task. Guarding (draining, error mapping, metrics) wraps
 every method in one place: `__mapping__`.
 """
 
@@ -40,17 +41,15 @@ class CallTracker:
     def __init__(self) -> None:
         self.in_flight = 0
         self.draining = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Event | None = None  # made only while someone waits: calls pay one add and one subtract
         self.drain_started = asyncio.Event()
 
     def enter(self) -> None:
         self.in_flight += 1
-        self._idle.clear()
 
     def exit(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0:
+        if self.in_flight == 0 and self._idle is not None:
             self._idle.set()
 
     def start_draining(self) -> None:
@@ -58,7 +57,10 @@ class CallTracker:
         self.drain_started.set()
 
     async def wait_idle(self) -> None:
-        await self._idle.wait()
+        while self.in_flight:
+            if self._idle is None or self._idle.is_set():
+                self._idle = asyncio.Event()
+            await self._idle.wait()
 
 
 class AsyncioSink:
@@ -96,10 +98,18 @@ class InferenceService(pb.InferenceServiceBase):
     def _guard(self, method: str, func: Callable[[Any], Any],
                cardinality: grpclib.const.Cardinality) -> Callable[[Any], Any]:
         metrics = self.node.metrics
+        latency = metrics.grpc_latency.labels(method=method)
+        counters: dict[str, Any] = {}  # code -> this method's counter child; labels() costs a lock and a lookup
+
+        def count(code: str) -> None:
+            counter = counters.get(code)
+            if counter is None:
+                counter = counters[code] = metrics.grpc_requests.labels(method=method, code=code)
+            counter.inc()
 
         async def guarded(stream: Any) -> None:
             if self.tracker.draining and method not in ANSWERED_WHILE_DRAINING:
-                metrics.grpc_requests.labels(method=method, code="UNAVAILABLE").inc()
+                count("UNAVAILABLE")
                 raise to_grpc_error(ShuttingDown("the engine is shutting down and takes no new calls; retry on "
                                                  "another node or after it restarts"))
             self.tracker.enter()
@@ -123,8 +133,8 @@ class InferenceService(pb.InferenceServiceBase):
                 raise internal_error(method, exc) from None
             finally:
                 self.tracker.exit()
-                metrics.grpc_requests.labels(method=method, code=code).inc()
-                metrics.grpc_latency.labels(method=method).observe(time.perf_counter() - started)
+                count(code)
+                latency.observe(time.perf_counter() - started)
 
         return guarded
 
@@ -137,6 +147,9 @@ class InferenceService(pb.InferenceServiceBase):
 
     def _trio(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.bridge.call_in_trio(fn, *args)
+
+    def _trio_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.bridge.call_sync_in_trio(fn, *args)
 
     # -- cameras ------------------------------------------------------------------------------------------
     async def add_camera(self, message: pb.AddCameraRequest) -> pb.AddCameraResponse:
@@ -152,10 +165,10 @@ class InferenceService(pb.InferenceServiceBase):
         return pb.RemoveCameraResponse(camera_id=message.camera_id)
 
     async def list_cameras(self, message: pb.ListCamerasRequest) -> pb.ListCamerasResponse:
-        async def op() -> pb.ListCamerasResponse:
+        def op() -> pb.ListCamerasResponse:
             return pb.ListCamerasResponse(cameras=[convert.camera_info(c) for c in self.node.list_cameras()])
 
-        return await self._trio(op)
+        return await self._trio_sync(op)
 
     # -- workflows ----------------------------------------------------------------------------------------
     def _info(self, entry: Any) -> pb.WorkflowInfo:
@@ -182,10 +195,10 @@ class InferenceService(pb.InferenceServiceBase):
         return pb.DeleteWorkflowResponse(workflow_id=message.workflow_id)
 
     async def list_workflows(self, message: pb.ListWorkflowsRequest) -> pb.ListWorkflowsResponse:
-        async def op() -> pb.ListWorkflowsResponse:
+        def op() -> pb.ListWorkflowsResponse:
             return pb.ListWorkflowsResponse(workflows=[self._info(e) for e in self.node.list_workflows()])
 
-        return await self._trio(op)
+        return await self._trio_sync(op)
 
     # -- inference ----------------------------------------------------------------------------------------
     async def infer_single_frame(self, message: pb.InferRequest) -> pb.InferResponse:
@@ -252,10 +265,7 @@ class InferenceService(pb.InferenceServiceBase):
         sink = AsyncioSink(asyncio.get_running_loop())
         subscription = Subscription(result_filter, sink, DEFAULT_SUBSCRIBER_BUFFER)
 
-        def subscribe() -> None:
-            self.node.hub.subscribe(subscription)
-
-        await self._trio(_as_async(subscribe))
+        await self._trio_sync(self.node.hub.subscribe, subscription)
         try:
             while True:
                 item = await sink.queue.get()
@@ -271,10 +281,10 @@ class InferenceService(pb.InferenceServiceBase):
 
     # -- health and metrics -------------------------------------------------------------------------------
     async def health_check(self, message: pb.HealthCheckRequest) -> pb.HealthCheckResponse:
-        return await self._trio(_as_async(lambda: convert.health_response(self.node.health())))
+        return await self._trio_sync(lambda: convert.health_response(self.node.health()))
 
     async def get_metrics(self, message: pb.MetricsRequest) -> pb.MetricsResponse:
-        return await self._trio(_as_async(lambda: convert.metrics_response(self.node.metrics_snapshot())))
+        return await self._trio_sync(lambda: convert.metrics_response(self.node.metrics_snapshot()))
 
 
 def _require_request_message(stream: Any) -> None:
@@ -288,13 +298,6 @@ def _require_request_message(stream: Any) -> None:
         return message
 
     stream.recv_message = recv_message
-
-
-def _as_async(fn: Callable[[], Any]) -> Callable[[], Any]:
-    async def run() -> Any:
-        return fn()
-
-    return run
 
 
 def _require_spec(spec: pb.WorkflowSpec | None) -> dict[str, Any]:
