@@ -1,125 +1,489 @@
-"""gRPC throughput and latency of edgebox beside reference servers built from the same proto, in one run.
+"""gRPC throughput and latency of edgebox beside reference servers built from the same proto, in one run, with ghz.
 
-    .venv/bin/python bench/grpc_calls.py [--duration 5] [--concurrency 1,64]
+    .venv/bin/python bench/grpc_calls.py                      # every server, call and level once; ~2.5 minutes
+    .venv/bin/python bench/grpc_calls.py --rounds 3           # alternate the servers 3 times, report medians
+    .venv/bin/python bench/grpc_calls.py --servers edgebox,edgebox=/tmp/before --rounds 5   # A/B two checkouts
+    .venv/bin/python bench/grpc_calls.py --cameras 50         # HealthCheck/ListCameras while 50 cameras run
 
-Each server is pinned to CPU 0 and h2load (Debian nghttp2-client) to CPU 1, on loopback. Printed per server
-and call: requests/s, mean and p99 latency from h2load, and the ratio to plain grpclib (same stack without
-trio: our ceiling) and to grpc.aio. h2load only checks HTTP status, so every run also checks grpc-status 0.
+Servers: `edgebox` (this checkout; `edgebox=PATH` runs the edgebox package of another checkout, e.g. a git
+worktree of an older commit), `grpclib` (plain grpclib on uvloop, no trio: the ceiling of this design), `aio`
+(grpcio's grpc.aio) and `go` (grpc-go, bench/go/refserver). Calls: HealthCheck and ListCameras (no camera: a
+small reply) and InferSingleFrame with edgebox/demo/astronaut.jpg (68 KB, 512x512). The reference servers receive
+that frame and answer an empty result: their figure is the transport's cost. edgebox runs the `motion` plugin on
+it, which decodes the JPEG and, for a single frame, finds nothing: the cheapest real inference path.
+
+Each server is pinned to CPU 0 and ghz to CPU 1 (`--cpus 1`), on loopback. ghz (bojand/ghz, the version pinned
+in GHZ below) and the grpc-go server are built into bench/go/.bin on first use; that needs `go` and, the first
+time, the Go module proxy for ghz (later runs build offline from the module cache; the reference server needs
+only the modules that scripts/setup-go.sh fetches). Every ghz run must end with every
+call OK, or the bench fails. With `--cameras N` the engine is not pinned; it runs a `person` workflow on N demo
+cameras (every 5th demo://person) while ghz sends HealthCheck and ListCameras one at a time at --probe-rps.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
 import json
 import os
-import re
+import selectors
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+GO_DIR = ROOT / "bench" / "go"
+BIN = GO_DIR / ".bin"
+PROTO = ROOT / "proto" / "infer_service.proto"
+PHOTO = ROOT / "edgebox" / "demo" / "astronaut.jpg"
+sys.path.insert(0, str(ROOT))  # so that a checkout runs it without installing edgebox
 PY = sys.executable
-CALLS = {"HealthCheck": b"", "ListCameras": b""}
+CALLS = ("HealthCheck", "ListCameras", "InferSingleFrame")
+SERVER_START_TIMEOUT_S = 90.0
+GO_BUILD_TIMEOUT_S = 600.0
+GHZ = "github.com/bojand/ghz/cmd/ghz@v0.120.0"  # the load generator, pinned; `go install` checks its go.sum
 
 
+class BenchError(Exception):
+    """The bench cannot run or a measurement is invalid; the message says why."""
+
+
+# -- tools ------------------------------------------------------------------------------------------------------
+def build_go_tools() -> tuple[Path, Path]:
+    """Build ghz and the grpc-go reference server into bench/go/.bin (only when their sources changed)."""
+    go = shutil.which("go")
+    if go is None:
+        raise BenchError("'go' is not on PATH: install Go >= 1.26 (see scripts/setup-go.sh); ghz and the grpc-go "
+                         "reference server are built from bench/go")
+    digest = hashlib.sha256(GHZ.encode())
+    for path in sorted([GO_DIR / "go.mod", GO_DIR / "go.sum", *GO_DIR.glob("refserver/*.go"),
+                        *(ROOT / "clients" / "go" / "inferpb").glob("*.go")]):
+        digest.update(path.read_bytes())
+    stamp = BIN / f".stamp-{digest.hexdigest()[:16]}"
+    ghz, refserver = BIN / "ghz", BIN / "refserver"
+    if stamp.exists() and ghz.exists() and refserver.exists():
+        return ghz, refserver
+    BIN.mkdir(exist_ok=True)
+    print("building ghz and bench/go/refserver into bench/go/.bin ...", flush=True)
+    env = {**os.environ, "GOBIN": str(BIN)}
+    for cmd in ([go, "install", GHZ], [go, "build", "-o", str(refserver), "./refserver"]):
+        try:
+            done = subprocess.run(cmd, cwd=GO_DIR, env=env, capture_output=True, text=True, check=False,
+                                  timeout=GO_BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"`{' '.join(cmd)}` in bench/go took over {GO_BUILD_TIMEOUT_S:.0f} s (no module proxy "
+                             "and an empty module cache?)") from None
+        if done.returncode != 0:
+            raise BenchError(f"`{' '.join(cmd)}` in bench/go failed (the first build needs the Go module proxy):\n"
+                             + done.stderr[-2000:])
+    for old in BIN.glob(".stamp-*"):
+        old.unlink()
+    stamp.touch()
+    return ghz, refserver
+
+
+# -- servers ----------------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait_line(proc: subprocess.Popen, prefix: str, timeout: float = 60) -> str:
+def wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> str:
+    """The first stdout line starting with prefix; fails (never hangs) if the server exits or stays silent."""
+    assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith(prefix):
-            return line
-        if not line and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-    raise RuntimeError(f"no {prefix!r} line within {timeout} s")
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not sel.select(left):
+                break
+            line = proc.stdout.readline()
+            if line.startswith(prefix):
+                return line
+            if not line:
+                proc.wait(5)
+                raise BenchError(f"the server exited with {proc.returncode} before {prefix!r}")
+    raise BenchError(f"no {prefix!r} line from the server within {timeout:.0f} s")
 
 
-def start_server(kind: str, tmp: Path) -> tuple[subprocess.Popen, int]:
+@dataclass
+class Server:
+    label: str
+    proc: subprocess.Popen[str]
+    port: int
+    folder: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def start_server(spec: str, tmp: Path, refserver: Path, *, pin: bool = True, engine: dict | None = None) -> Server:
+    kind, _, checkout = spec.partition("=")
+    label = spec if not checkout else f"edgebox@{Path(checkout).name}"
+    folder = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=tmp))
     port = free_port()
+    env = dict(os.environ)
+    log = open(folder / "server.log", "w", encoding="utf-8")  # noqa: SIM115 - closed with the server's folder
     if kind == "edgebox":
-        cfg = tmp / "engine.json"
-        cfg.write_text(json.dumps({"console": {"enabled": False}, "data_dir": str(tmp / "data"),
-                                   "log_level": "WARNING"}))
-        cmd = [str(Path(PY).parent / "edgebox"), "--config", str(cfg), "--grpc_port", str(port)]
+        config = {"console": {"enabled": False}, "data_dir": str(folder / "data"), "log_level": "WARNING",
+                  "engine": {"admission_max_load": 0, **(engine or {})}}
+        (folder / "engine.json").write_text(json.dumps(config))
+        cmd = [PY, "-m", "edgebox", "--config", str(folder / "engine.json"), "--grpc_port", str(port)]
         ready = "EDGEBOX READY"
+        if checkout:
+            if not (Path(checkout) / "edgebox" / "__init__.py").exists():
+                raise BenchError(f"{checkout} has no edgebox package (give a checkout's root, e.g. a git worktree)")
+            env["PYTHONPATH"] = str(Path(checkout).resolve())
+    elif kind in ("grpclib", "aio"):
+        cmd, ready = [PY, str(ROOT / "bench" / "grpc_servers.py"), kind, str(port)], "READY"
+    elif kind == "go":
+        cmd, ready = [str(refserver), "-port", str(port)], "READY"
     else:
-        cmd = [PY, str(ROOT / "bench" / "grpc_servers.py"), kind, str(port)]
-        ready = "READY"
-    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.PIPE, text=True, cwd=tmp)
-    wait_line(proc, ready)
-    return proc, port
+        raise BenchError(f"unknown server {spec!r}: edgebox, edgebox=CHECKOUT, grpclib, aio or go")
+    if pin:
+        cmd = ["taskset", "-c", "0", *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=folder, env=env)
+    server = Server(label, proc, port, folder)
+    try:
+        wait_line(proc, ready, SERVER_START_TIMEOUT_S)
+    except BenchError as exc:
+        server.stop()
+        raise BenchError(f"{label}: {exc}; see {folder / 'server.log'}") from None
+    return server
 
 
-def h2load(port: int, method: str, body: bytes, concurrency: int, duration: float, tmp: Path) -> dict:
-    data = tmp / f"{method}.bin"
-    data.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
-    streams = 1 if concurrency == 1 else 16
-    clients = concurrency if concurrency == 1 else max(1, concurrency // streams)
-    out = subprocess.run(
-        ["taskset", "-c", "1", "h2load", "-D", str(max(1, int(duration))), "-c", str(clients), "-m", str(streams),
-         "--warm-up-time=1", "-d", str(data), "-H", "content-type: application/grpc", "-H", "te: trailers",
-         f"http://127.0.0.1:{port}/infer.InferenceService/{method}"],
-        capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"finished in .*?, ([\d.]+) req/s", out).group(1))
-    m = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", out)
-    ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
-    return {"rps": rps, "mean": m.group(3), "max": m.group(2), "ok": ok}
+# -- load -------------------------------------------------------------------------------------------------------
+def request_file(method: str, tmp: Path) -> Path:
+    """The serialized request message for ghz's --binary-file."""
+    from edgebox.proto_gen import infer as pb
+
+    if method == "InferSingleFrame":
+        message = pb.InferRequest(plugin="motion", source_id="bench",
+                                  frame=pb.Frame(image_data=PHOTO.read_bytes(), format=pb.PixelFormat.ENCODED))
+    else:
+        message = getattr(pb, f"{method}Request")()
+    path = tmp / f"{method}.bin"
+    path.write_bytes(bytes(message))
+    return path
 
 
-def grpc_status_ok(port: int, method: str) -> bool:
-    """One call with a real client to confirm grpc-status 0 (h2load sees only HTTP 200)."""
-    code = (f"import asyncio\nfrom grpclib.client import Channel\nfrom edgebox.proto_gen import infer as pb\n"
-            f"async def m():\n  ch=Channel('127.0.0.1',{port})\n  s=pb.InferenceServiceStub(ch)\n"
-            f"  await s.{_snake(method)}(pb.{method}Request())\n  ch.close()\nasyncio.run(m())")
-    return subprocess.run([PY, "-c", code], capture_output=True).returncode == 0
+def ghz(ghz_bin: Path, port: int, method: str, body: Path, concurrency: int, duration: float,
+        rps: float = 0, pin: bool = True) -> dict:
+    """One ghz run; returns req/s and p50/p99 in microseconds. Raises unless every call answered OK."""
+    warm = concurrency * 2 + 10  # left out of the figures: connection set-up, first calls
+    cmd = [str(ghz_bin), "--insecure", "--proto", str(PROTO), "--import-paths", str(PROTO.parent),
+           "--call", f"infer.InferenceService.{method}",
+           *(["--binary-file", str(body)] if body.stat().st_size else ["-d", "{}"]),  # ghz refuses empty files
+           "-c", str(concurrency), "--connections", str(max(1, concurrency // 16)), "-z", f"{duration:g}s",
+           "--skipFirst", str(warm), "--timeout", "20s", "--cpus", "1", "-O", "json", f"127.0.0.1:{port}"]
+    if rps:
+        cmd[1:1] = ["--rps", f"{rps:g}"]
+    if pin:
+        cmd = ["taskset", "-c", "1", *cmd]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"ghz {method} c={concurrency} did not finish within {duration + 60:.0f} s") from None
+    if done.returncode != 0 and not done.stdout.strip():
+        raise BenchError(f"ghz {method} c={concurrency} failed: {done.stderr.strip()[-1000:]}")
+    report = json.loads(done.stdout)
+    codes = dict(report.get("statusCodeDistribution") or {})
+    errors = report.get("errorDistribution") or {}
+    # ghz cuts the calls still in flight when -z ends ("the client connection is closing", "transport is closing",
+    # "use of closed network connection")
+    if all("clos" in e for e in errors) and sum(errors.values()) <= concurrency:
+        codes.pop("Canceled", None)
+        codes.pop("Unavailable", None)
+    if not codes:
+        raise BenchError(f"ghz {method} c={concurrency}: no call finished after the first {warm}; run longer")
+    if set(codes) != {"OK"}:
+        raise BenchError(f"ghz {method} c={concurrency}: not every call OK: {codes} "
+                         f"{report.get('errorDistribution')}")
+    pct = {int(p["percentage"]): p["latency"] / 1000 for p in report.get("latencyDistribution") or []}
+    return {"rps": report["rps"], "p50": pct[50], "p99": pct[99], "max_us": report["slowest"] / 1000,
+            "count": report["count"]}
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+# -- the comparison ---------------------------------------------------------------------------------------------
+def compare(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp: Path) -> list[dict]:
+    specs = args.servers.split(",")
+    calls = args.calls.split(",")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    bodies = {m: request_file(m, tmp) for m in calls}
+    samples: dict[tuple[str, str, int], list[dict]] = {}
+    for r in range(args.rounds):
+        order = specs if r % 2 == 0 else specs[::-1]  # alternate so that a drift in load hits every server
+        for spec in order:
+            server = start_server(spec, tmp, refserver)
+            try:
+                for method in calls:
+                    for c in levels:
+                        spy = None
+                        if args.profile and spec.startswith("edgebox"):
+                            out = args.profile / f"{server.label}-{method}-c{c}-r{r + 1}.txt"
+                            spy = start_profile(server.proc.pid, out, args.duration)
+                        m = ghz(ghz_bin, server.port, method, bodies[method], c, args.duration)
+                        if spy is not None:
+                            print(summarize_profile(finish_profile(spy, out)), flush=True)
+                        samples.setdefault((server.label, method, c), []).append(m)
+                        print(f"  round {r + 1} {server.label:14} {method:16} c={c:<3} {m['rps']:8.0f} req/s  "
+                              f"p50 {m['p50']:7.0f} us  p99 {m['p99']:7.0f} us", flush=True)
+            finally:
+                server.stop()
+    rows = []
+    for (label, method, c), ms in samples.items():
+        rows.append({"server": label, "call": method, "concurrency": c, "rounds": len(ms),
+                     **{k: statistics.median(m[k] for m in ms) for k in ("rps", "p50", "p99")}})
+    return rows
+
+
+# -- profiles -----------------------------------------------------------------------------------------------------
+AREAS = (  # (area, substring of the leaf frame), first match wins; py-spy writes "func (package/file.py:line)"
+    ("uvloop's C loop (run_forever)", "thread_main (edgebox/bridge.py"),
+    ("thread hand-off (trio wakes, waits for the GIL)", "EpollIOManager.get_events"),
+    ("thread hand-off (trio wakes, waits for the GIL)", "wakeup_thread_and_signal_safe"),
+    ("h2 + hpack + hyperframe (HTTP/2)", "(h2/"), ("h2 + hpack + hyperframe (HTTP/2)", "(hpack/"),
+    ("h2 + hpack + hyperframe (HTTP/2)", "(hyperframe/"), ("grpclib", "(grpclib/"),
+    ("betterproto2 (encode/decode)", "(betterproto2/"), ("betterproto2 (encode/decode)", "(edgebox/proto_gen/"),
+    ("edgebox bridge", "(edgebox/bridge.py"), ("edgebox api", "(edgebox/api/"), ("edgebox other", "(edgebox/"),
+    ("metrics (prometheus_client)", "(prometheus_client/"), ("trio", "(trio/"), ("asyncio / uvloop", "(asyncio/"),
+    ("asyncio / uvloop", "(uvloop/"),
+    ("logging", "(logging/"), ("warnings (betterproto2's catch_warnings)", "(warnings.py"),
+)
+
+
+def start_profile(pid: int, out: Path, duration: float) -> subprocess.Popen[bytes]:
+    """py-spy record (all non-idle threads, native frames off) on the server while ghz runs."""
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    if not Path(spy).exists():
+        raise BenchError("--profile needs py-spy: .venv/bin/pip install -e '.[dev]'")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "200", "--duration", f"{duration:.0f}",
+                             "--nonblocking", "--format", "raw", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finish_profile(spy: subprocess.Popen[bytes], out: Path) -> Path:
+    try:
+        _, err = spy.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        raise BenchError("py-spy did not stop within 60 s after its --duration") from None
+    if spy.returncode != 0 or not out.exists():
+        raise BenchError(f"py-spy failed (ptrace allowed? run as the engine's user): {err.decode()[-500:]}")
+    return out
+
+
+def summarize_profile(path: Path, top: int = 12) -> str:
+    """Self time by area and by function from py-spy's collapsed stacks."""
+    by_area: dict[str, int] = {}
+    by_func: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        n = int(count)
+        total += n
+        area = next((a for a, key in AREAS if key in leaf), "other")
+        by_area[area] = by_area.get(area, 0) + n
+        by_func[leaf] = by_func.get(leaf, 0) + n
+    lines = [f"  profile {path.name}: {total} samples; self time by area:"]
+    lines += [f"    {100 * n / total:5.1f} %  {a}" for a, n in sorted(by_area.items(), key=lambda x: -x[1])]
+    lines.append("  top functions (self):")
+    lines += [f"    {100 * n / total:5.1f} %  {f}" for f, n in sorted(by_func.items(), key=lambda x: -x[1])[:top]]
+    return "\n".join(lines)
+
+
+def print_table(rows: list[dict]) -> None:
+    by = {(r["server"], r["call"], r["concurrency"]): r for r in rows}
+    print(f"\n{'server':14} {'call':16} {'c':>3} {'req/s':>8} {'p50 us':>8} {'p99 us':>8} "
+          f"{'vs aio':>7} {'vs go':>6} {'p50 vs aio':>10}")
+    for r in rows:
+        aio = by.get(("aio", r["call"], r["concurrency"]))
+        go = by.get(("go", r["call"], r["concurrency"]))
+        print(f"{r['server']:14} {r['call']:16} {r['concurrency']:>3} {r['rps']:>8.0f} {r['p50']:>8.0f} "
+              f"{r['p99']:>8.0f} {r['rps'] / aio['rps'] if aio else float('nan'):>7.2f} "
+              f"{r['rps'] / go['rps'] if go else float('nan'):>6.2f} "
+              f"{r['p50'] / aio['p50'] if aio else float('nan'):>10.2f}")
+    print("(medians over rounds; vs aio / vs go = req/s ratio; p50 vs aio = latency ratio, lower is better)")
+
+
+# -- under camera load ------------------------------------------------------------------------------------------
+async def add_cameras(port: int, n: int, fps: float, plugins: str) -> float:
+    from edgebox.client import EdgeboxClient
+    from edgebox.proto_gen import infer as pb
+
+    async with EdgeboxClient("127.0.0.1", port, timeout=120) as client:
+        await client.deploy_workflow(pb.WorkflowSpec(workflow_id="bench", plugins=plugins.split(",")))
+        await client.infer(PHOTO.read_bytes(), workflow_id="bench")  # load the models before the cameras
+        for i in range(n):
+            await client.add_camera(f"cam-{i:03d}", "demo://person" if i % 5 == 0 else "demo://empty", "bench",
+                                    {"fps": f"{fps:g}"})
+        started = time.monotonic()
+        while time.monotonic() - started < 180:
+            cameras = await client.list_cameras()
+            if sum(c.state == pb.CameraState.STREAMING for c in cameras) == n:
+                await asyncio.sleep(5)  # let the scheduler reach its steady state
+                metrics = await client.metrics()
+                return metrics.avg_infer_latency_ms
+            await asyncio.sleep(0.5)
+    raise BenchError(f"not every one of the {n} cameras was STREAMING after 180 s")
+
+
+def under_cameras(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp: Path) -> list[dict]:
+    server = start_server("edgebox", tmp, refserver, pin=False,
+                          engine={"max_cameras": args.cameras, "queue_capacity": max(64, args.cameras * 2)})
+    rows = []
+    try:
+        asyncio.run(add_cameras(server.port, args.cameras, args.fps, args.plugins))
+        for method in ("HealthCheck", "ListCameras"):
+            m = ghz(ghz_bin, server.port, method, request_file(method, tmp), 1, args.duration * 4,
+                    rps=args.probe_rps, pin=False)
+            rows.append({"call": method, **m})
+            print(f"  {args.cameras} cameras: {method:12} {m['count']} calls at {args.probe_rps:g}/s  "
+                  f"p50 {m['p50']:.0f} us  p99 {m['p99']:.0f} us  max {m['max_us']:.0f} us", flush=True)
+        if server.proc.poll() is not None:
+            raise BenchError(f"the engine exited with {server.proc.returncode} during the run")
+        with open(f"/proc/{server.proc.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        print(f"  engine CPU so far {cpu_s:.0f} s; load average {os.getloadavg()[0]:.2f}")
+    finally:
+        server.stop()
+    return rows
+
+
+# -- the parts of a small call ----------------------------------------------------------------------------------
+PARTS_CODE = r"""
+import asyncio, statistics, sys, time
+import trio
+from edgebox.bridge import open_bridge
+from edgebox.proto_gen import infer as pb
+
+def per_call_us(fn, n):
+    best = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best.append((time.perf_counter() - t) / n * 1e6)
+    return statistics.median(best)
+
+reply = pb.HealthCheckResponse(status=pb.HealthStatus.SERVING, timestamp=1763900000000, plugin_count=3,
+                               version="0.1.0", uptime_s=12.5, plugins=["face", "motion", "person"],
+                               backends=["openvino-cpu", "onnxruntime-cpu"])
+data = bytes(reply)
+fields = dict(status=pb.HealthStatus.SERVING, timestamp=1763900000000, plugin_count=3, version="0.1.0", uptime_s=12.5,
+              plugins=["face", "motion", "person"], backends=["openvino-cpu", "onnxruntime-cpu"])
+print(f"betterproto2 build HealthCheckResponse            {per_call_us(lambda: pb.HealthCheckResponse(**fields), 2000):.1f} us")
+print(f"betterproto2 encode HealthCheckResponse ({len(data)} B)  {per_call_us(lambda: bytes(reply), 2000):.1f} us")
+print(f"betterproto2 decode HealthCheckResponse          {per_call_us(lambda: pb.HealthCheckResponse.FromString(data), 2000):.1f} us")
+print(f"betterproto2 decode an empty HealthCheckRequest   {per_call_us(lambda: pb.HealthCheckRequest.FromString(b''), 2000):.1f} us")
+
+async def main():
+    async with open_bridge() as bridge:
+        async def hops(n, concurrent):
+            def noop():
+                return None
+            async def task_noop():
+                return None
+            t = time.perf_counter()
+            sync = getattr(bridge, "call_sync_in_trio", None)  # not in older checkouts
+            if sync is None:
+                pass
+            elif concurrent:
+                for _ in range(n // 64):
+                    await asyncio.gather(*(sync(noop) for _ in range(64)))
+            else:
+                for _ in range(n):
+                    await sync(noop)
+            sync_us = (time.perf_counter() - t) / (n // 64 * 64 if concurrent else n) * 1e6
+            t = time.perf_counter()
+            if concurrent:
+                for _ in range(n // 64):
+                    await asyncio.gather(*(bridge.call_in_trio(task_noop) for _ in range(64)))
+            else:
+                for _ in range(n):
+                    await bridge.call_in_trio(task_noop)
+            return sync_us, (time.perf_counter() - t) / (n // 64 * 64 if concurrent else n) * 1e6
+        for concurrent in (False, True):
+            runs = [await bridge.call_in_asyncio(hops, 2000, concurrent) for _ in range(5)]
+            sync_us = statistics.median(r[0] for r in runs)
+            task_us = statistics.median(r[1] for r in runs)
+            how = "64 at a time" if concurrent else "one at a time"
+            print(f"bridge round trip, {how:13}: call_sync_in_trio {sync_us:.1f} us, call_in_trio {task_us:.1f} us")
+
+trio.run(main)
+"""
+
+
+def parts(specs: list[str]) -> None:
+    """Per-call costs of the pieces of a small call, one core (taskset CPU 0), for each edgebox checkout."""
+    for spec in specs:
+        kind, _, checkout = spec.partition("=")
+        if kind != "edgebox":
+            continue
+        env = dict(os.environ, PYTHONPATH=str(Path(checkout).resolve())) if checkout else None
+        done = subprocess.run(["taskset", "-c", "0", PY, "-c", PARTS_CODE], capture_output=True, text=True,
+                              check=False, timeout=300, cwd=ROOT, env=env)
+        if done.returncode != 0:
+            raise BenchError(f"the parts measurement failed:\n{done.stderr[-2000:]}")
+        print(f"{spec}:\n{done.stdout}", end="", flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--concurrency", default="1,64")
-    parser.add_argument("--servers", default="edgebox,grpclib,aio")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per ghz run (after its warm-up calls)")
+    parser.add_argument("--concurrency", default="1,64", help="calls in flight, comma-separated")
+    parser.add_argument("--servers", default="edgebox,grpclib,aio,go")
+    parser.add_argument("--calls", default=",".join(CALLS))
+    parser.add_argument("--rounds", type=int, default=1, help="measure every server this many times, alternating")
+    parser.add_argument("--cameras", type=int, default=0, help="instead: probe edgebox while N demo cameras run")
+    parser.add_argument("--fps", type=float, default=2.0, help="with --cameras: frames per second per camera")
+    parser.add_argument("--plugins", default="person", help="with --cameras: the cameras' workflow")
+    parser.add_argument("--probe-rps", type=float, default=20.0, help="with --cameras: probe calls per second")
+    parser.add_argument("--parts", action="store_true", help="instead: time protobuf encoding and the bridge hop")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--profile", type=Path, help="py-spy every edgebox run; collapsed stacks go to this folder")
     args = parser.parse_args()
-    if not shutil.which("h2load"):
-        print("h2load is missing: run scripts/install-system-deps.sh (nghttp2-client)")
+    if not shutil.which("taskset"):
+        print("grpc_calls: taskset (util-linux) is missing", file=sys.stderr)
         return 2
-    levels = [int(c) for c in args.concurrency.split(",")]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmpdir:
-        for kind in args.servers.split(","):
-            tmp = Path(tmpdir) / kind
-            tmp.mkdir()
-            proc, port = start_server(kind, tmp)
-            try:
-                for method, body in CALLS.items():
-                    assert grpc_status_ok(port, method), f"{kind} {method}: grpc-status is not 0"
-                    for c in levels:
-                        r = h2load(port, method, body, c, args.duration, tmp)
-                        rows.append((kind, method, c, r))
-            finally:
-                proc.terminate()
-                proc.wait(30)
-    base = {(m, c): r["rps"] for k, m, c, r in rows if k == "grpclib"}
-    aio = {(m, c): r["rps"] for k, m, c, r in rows if k == "aio"}
-    print(f"{'server':8} {'call':12} {'conc':>4} {'req/s':>8} {'mean':>9} {'max':>9} {'vs grpclib':>10} {'vs aio':>7}")
-    for kind, method, c, r in rows:
-        vs_base = r["rps"] / base[(method, c)] if (method, c) in base else float("nan")
-        vs_aio = r["rps"] / aio[(method, c)] if (method, c) in aio else float("nan")
-        print(f"{kind:8} {method:12} {c:>4} {r['rps']:>8.0f} {r['mean']:>9} {r['max']:>9} {vs_base:>10.2f} "
-              f"{vs_aio:>7.2f}")
+    print(f"$ {' '.join([Path(PY).name, *sys.argv])}\n{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, "
+          f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    try:
+        ghz_bin, refserver = build_go_tools() if not args.parts else (Path(), Path())
+        with tempfile.TemporaryDirectory(prefix="edgebox-grpc-bench-") as tmpdir:
+            if args.parts:
+                parts(args.servers.split(","))
+                rows = []
+            elif args.cameras:
+                rows = under_cameras(args, ghz_bin, refserver, Path(tmpdir))
+            else:
+                rows = compare(args, ghz_bin, refserver, Path(tmpdir))
+                print_table(rows)
+    except BenchError as exc:
+        print(f"grpc_calls: {exc}", file=sys.stderr)
+        return 2
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
     return 0
 
 

@@ -1,9 +1,11 @@
-"""Reference gRPC servers for bench/grpc_calls.py, built from the same proto as edgebox.
+"""Python reference gRPC servers for bench/grpc_calls.py, built from the same proto as edgebox.
 
     python bench/grpc_servers.py grpclib PORT   # plain grpclib on uvloop, no trio: the ceiling of our stack
     python bench/grpc_servers.py aio PORT       # grpcio's grpc.aio, what a user might pick instead
 
-Both answer HealthCheck and ListCameras with fixed, edgebox-sized replies; they exist only to be measured.
+Both answer HealthCheck and ListCameras with fixed, edgebox-sized replies, and InferSingleFrame with an empty
+result after receiving the frame (the transport's cost: no decode, no model). The grpc-go reference is
+bench/go/refserver. They exist only to be measured.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # so that a checkout runs it without installing edgebox
+EMPTY_DETECTIONS = '{"detections":[]}'
 
 
-def health_reply():  # noqa: ANN201
+def health_reply():
     from edgebox.proto_gen import infer as pb
 
     return pb.HealthCheckResponse(status=pb.HealthStatus.SERVING, timestamp=1, gpu_available=False, plugin_count=3,
@@ -40,6 +44,11 @@ async def serve_grpclib(port: int) -> None:
         async def list_cameras(self, message: pb.ListCamerasRequest) -> pb.ListCamerasResponse:
             return pb.ListCamerasResponse()
 
+        async def infer_single_frame(self, message: pb.InferRequest) -> pb.InferResponse:
+            return pb.InferResponse(result=pb.InferResult(camera_id=message.source_id,
+                                                          workflow_id=message.workflow_id,
+                                                          json_data=EMPTY_DETECTIONS))
+
     uvloop.install()
     server = Server([Plain()])
     await server.start("127.0.0.1", port)
@@ -60,14 +69,19 @@ def serve_aio(port: int) -> None:
     reply = pb2.HealthCheckResponse.FromString(bytes(health_reply()))
 
     class Servicer(pb2_grpc.InferenceServiceServicer):
-        async def HealthCheck(self, request, context):  # noqa: ANN001, ANN201, N802
+        async def HealthCheck(self, request, context):
             return reply
 
-        async def ListCameras(self, request, context):  # noqa: ANN001, ANN201, N802
+        async def ListCameras(self, request, context):
             return pb2.ListCamerasResponse()
 
+        async def InferSingleFrame(self, request, context):
+            return pb2.InferResponse(result=pb2.InferResult(camera_id=request.source_id,
+                                                            workflow_id=request.workflow_id,
+                                                            json_data=EMPTY_DETECTIONS))
+
     async def main() -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
         pb2_grpc.add_InferenceServiceServicer_to_server(Servicer(), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
