@@ -1,11 +1,13 @@
-"""How many real RTSP cameras this machine carries through edgebox with the person model, none dropped.
+"""How many real RTSP cameras this machine carries through edgebox with a real plugin, none dropped.
 
-    .venv/bin/python bench/cameras.py [--max 50] [--step 10] [--duration 25] [--fps 2] [--mounts 4]
+    .venv/bin/python bench/cameras.py [--max 50] [--step 10] [--duration 25] [--fps 2] [--mounts 4] [--plugin person]
+    .venv/bin/python bench/cameras.py --in-process --max 50      # decoding alone: runners in this process
 
 One RTSP server (Debian's gst-rtsp-server, tests/support/rtsp.py) serves `--mounts` shared 640x360 10 fps H.264
 mounts, half a still photo of a person and half a moving test pattern; camera i reads mount i % mounts, so every
 camera decodes its own stream while the server encodes only `--mounts` streams. The engine runs as a subprocess
-(`edgebox --config`) with the person workflow; cameras sample `--fps` frames per second.
+(`edgebox --config`) with one workflow running `--plugin` (person: the SSDLite model; motion: frame differencing,
+no model), snapshots on; cameras sample `--fps` frames per second.
 
 The ramp adds cameras 10, 20, 30... up to --max. Each step waits for every camera to stream, lets it settle, then
 measures for --duration seconds: sampled frames dropped (frames_dropped from ListCameras plus frame_seq gaps in
@@ -53,6 +55,7 @@ class Step:
     errors: int = 0  # results that carry an error code (e.g. INFERENCE_TIMEOUT)
     cpu_percent: float = 0.0
     rss_mb: float = 0.0
+    memory: str = ""  # smaps_rollup breakdown and thread count
     server_cpu_percent: float = 0.0
     ages_ms: list[float] = field(default_factory=list)
     fps_in: float = 0.0
@@ -105,6 +108,20 @@ def rss_mb(pid: int) -> float:
 def os_thread_count() -> int:
     with open(f"/proc/{os.getpid()}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+def memory_breakdown(pid: int) -> str:
+    """Anonymous vs file-backed resident memory (/proc/PID/smaps_rollup) and the thread count."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                fields[name] = int(rest.split()[0])
+    with open(f"/proc/{pid}/status") as f:
+        threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    return (f"RSS {fields.get('Rss', 0) / 1024:.0f} MB = anonymous {fields.get('Anonymous', 0) / 1024:.0f} + "
+            f"file-backed {(fields.get('Rss', 0) - fields.get('Anonymous', 0)) / 1024:.0f}; {threads} threads")
 
 
 def cpu_model() -> str:
@@ -211,6 +228,7 @@ async def run_step(client: EdgeboxClient, n: int, args: argparse.Namespace, urls
     step.cpu_percent = 100 * (cpu_seconds(engine_pid) - cpu_before) / elapsed
     step.server_cpu_percent = 100 * (cpu_seconds(server_pid) - server_before) / elapsed
     step.rss_mb = rss_mb(engine_pid)
+    step.memory = memory_breakdown(engine_pid)
     step.dropped = sum(c.frames_dropped for c in cameras) - dropped_before
     step.seq_gaps, step.missed, step.errors = results.gaps, results.missed, results.errors
     step.ages_ms = list(results.ages_ms)
@@ -231,11 +249,13 @@ async def bench(args: argparse.Namespace) -> list[Step]:
     with RtspServer(mounts) as server, tempfile.TemporaryDirectory(prefix="edgebox-bench-") as tmp:
         urls = [server.url(m["path"]) for m in mounts]
         engine, target, log_path = start_engine(Path(tmp), args)
+        print(f"# engine started, no workflow: {memory_breakdown(engine.pid)}", flush=True)
         try:
             host, _, port = target.rpartition(":")
             async with EdgeboxClient(host, int(port), timeout=60) as client:
-                await client.deploy_workflow(pb.WorkflowSpec(workflow_id="people", plugins=["person"],
+                await client.deploy_workflow(pb.WorkflowSpec(workflow_id="people", plugins=[args.plugin],
                                                              min_score=0.5, attach_snapshot=True))
+                print(f"# workflow {args.plugin} deployed, 0 cameras: {memory_breakdown(engine.pid)}", flush=True)
                 results = Results()
                 collector = asyncio.create_task(collect(client, results))
                 for n in range(args.step, args.max + 1, args.step):
@@ -245,6 +265,8 @@ async def bench(args: argparse.Namespace) -> list[Step]:
                     step = await run_step(client, n, args, urls, engine.pid, server.pid, results)
                     steps.append(step)
                     print(step.row(), flush=True)
+                    if step.memory:
+                        print(f"# memory at {n} cameras: {step.memory}", flush=True)
                     if step.refused:
                         break
                 collector.cancel()
@@ -318,6 +340,8 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=5.0, help="seconds between all-streaming and measuring")
     p.add_argument("--fps", type=float, default=2.0, help="sampled frames per second per camera (default 2)")
     p.add_argument("--mounts", type=int, default=4, help="distinct RTSP mounts the cameras share (default 4)")
+    p.add_argument("--plugin", default="person",
+                   help="the workflow's built-in plugin: person (SSDLite model, default), motion (no model), face")
     p.add_argument("--admission-max-load", type=float, default=0.9,
                    help="engine.admission_max_load (default 0.9; 0 = no admission control)")
     p.add_argument("--log-level", default="WARNING", help="engine log level (default WARNING)")
@@ -340,7 +364,7 @@ def main() -> None:
         return
     print(f"# edgebox cameras benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {cpu_model()}, "
           f"{len(os.sched_getaffinity(0))} cores, load average before {os.getloadavg()[0]:.2f}")
-    print(f"# {args.mounts} shared RTSP mounts 640x360 at 10 fps (H.264), person workflow, sampling {args.fps:g} "
+    print(f"# {args.mounts} shared RTSP mounts 640x360 at 10 fps (H.264), {args.plugin} workflow, sampling {args.fps:g} "
           f"fps per camera, {args.duration:g} s per step, admission_max_load {args.admission_max_load:g}")
     print(HEADER, flush=True)
     started = time.monotonic()

@@ -1,7 +1,8 @@
-"""Soak: run the engine with N demo cameras for a while and fail if its memory keeps growing.
+"""Soak: run the engine with N cameras for a while and fail if its memory keeps growing.
 
-    .venv/bin/python bench/soak.py                         # 50 cameras at 2 fps for 10 minutes
+    .venv/bin/python bench/soak.py                         # 50 demo cameras at 2 fps for 10 minutes
     .venv/bin/python bench/soak.py --cameras 10 --duration 60 --json soak.json
+    .venv/bin/python bench/soak.py --source rtsp --plugins motion   # real RTSP streams (gst-rtsp-server)
 
 The engine runs as a subprocess (`python -m edgebox`, console off). Its resident memory (VmRSS) is read first
 with the workflow's models loaded and run at every batch size but no camera (the baseline: what the models and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -54,6 +56,7 @@ class Report:
     duration_s: float
     warmup_s: float
     threshold_mb: float
+    source: str = "demo"
     rss_start_mb: float = 0.0  # engine started, no workflow
     rss_model_once_mb: float = 0.0  # models loaded and run once (batch 1)
     rss_baseline_mb: float = 0.0  # models run at every batch size, no camera
@@ -135,7 +138,10 @@ async def soak(args: argparse.Namespace, proc: subprocess.Popen[str], host: str,
 
         ids = [f"soak-{i:03d}" for i in range(args.cameras)]
         for i, camera_id in enumerate(ids):
-            url = "demo://person" if args.person_every and i % args.person_every == 0 else "demo://empty"
+            if args.urls:
+                url = args.urls[i % len(args.urls)]
+            else:
+                url = "demo://person" if args.person_every and i % args.person_every == 0 else "demo://empty"
             await client.add_camera(camera_id, url, "soak", {"fps": f"{args.fps:g}"})
         added = time.monotonic()
         while True:
@@ -199,7 +205,7 @@ def analyse(report: Report) -> None:
 
 def print_report(report: Report) -> None:
     print()
-    print(f"soak: {report.cameras} demo cameras at {report.fps:g} fps for {report.duration_s:g} s")
+    print(f"soak: {report.cameras} {report.source} cameras at {report.fps:g} fps for {report.duration_s:g} s")
     rows = [
         ("RSS at start (no workflow)", f"{report.rss_start_mb:.0f} MB"),
         ("RSS with models run once (batch 1)", f"{report.rss_model_once_mb:.0f} MB"),
@@ -232,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, help="seconds between samples (default: 5, less for short runs)")
     p.add_argument("--person-every", type=int, default=5, help="every Nth camera is demo://person (0 = none)")
     p.add_argument("--plugins", default="person", help="the cameras' workflow, comma-separated plugins")
+    p.add_argument("--source", choices=("demo", "rtsp"), default="demo",
+                   help="demo:// cameras (default) or real RTSP streams from a local gst-rtsp-server")
+    p.add_argument("--mounts", type=int, default=4, help="with --source rtsp: distinct mounts the cameras share")
     p.add_argument("--threshold-mb", type=float, default=100.0, help="allowed growth over the run")
     p.add_argument("--json", type=Path, help="also write the report (with every sample) here")
     p.add_argument("--keep", action="store_true", help="keep the engine's folder (config, log, state)")
@@ -239,8 +248,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup is None:  # a quarter of the run, at least 10 s (but at most half of it), at most 120 s
         args.warmup = min(120.0, max(args.duration / 4, min(10.0, args.duration / 2)))
     args.interval = min(5.0, max(0.5, args.duration / 20)) if args.interval is None else args.interval
-    report = Report(args.cameras, args.fps, args.duration, args.warmup, args.threshold_mb)
+    report = Report(args.cameras, args.fps, args.duration, args.warmup, args.threshold_mb, args.source)
+    with contextlib.ExitStack() as stack:
+        args.urls = []
+        if args.source == "rtsp":
+            from tests.support.rtsp import RtspServer, gi_rtsp_available, image_mount, pattern_mount
 
+            ok, reason = gi_rtsp_available()
+            if not ok:
+                print(f"soak: the RTSP test server cannot run here: {reason}", file=sys.stderr)
+                return 2
+            photo = ROOT / "tests" / "data" / "astronaut.png"
+            mounts = [image_mount(f"/person{i}", photo) if i % 2 == 0 else pattern_mount(f"/ball{i}")
+                      for i in range(args.mounts)]
+            server = stack.enter_context(RtspServer(mounts))
+            args.urls = [server.url(m["path"]) for m in mounts]
+        return run(args, report)
+
+
+def run(args: argparse.Namespace, report: Report) -> int:
     folder = Path(tempfile.mkdtemp(prefix="edgebox-soak-"))
     try:
         proc, host, port = start_engine(folder, args.cameras)
