@@ -165,7 +165,8 @@ def test_a_model_without_a_declared_input_or_without_a_cache_folder_is_refused(r
 
 
 @without_tensorrt
-async def test_requesting_tensorrt_over_grpc_gives_2002_with_the_reason_and_the_engine_keeps_serving(aio, tmp_path):
+async def test_requesting_tensorrt_over_grpc_gives_2002_with_the_reason_and_the_engine_keeps_serving(
+        aio, tmp_path):  # noqa: F811 - the fixture
     config = engine_config(tmp_path / "data")
     async with running_engine(config) as engine:
         with connect(aio, engine.host, engine.port) as client:

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -198,7 +199,7 @@ def load_tensorrt(spec: ModelSpec, options: LoadOptions) -> LoadedModel:
     return LoadedModel(backend=NAME, device=f"CUDA:0 ({gpu.name}, TensorRT {trt_version})", run=run)
 
 
-def _session(ort, spec: ModelSpec, trt_options: dict[str, str], threads: int):  # noqa: ANN001, ANN202
+def _session(ort: Any, spec: ModelSpec, trt_options: dict[str, str], threads: int) -> Any:
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 3
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
