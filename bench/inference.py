@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/inference.py [--quick] [--batches 1,2,4,8] [--backends openvino-cpu] [--models person]
 
-For each usable backend (onnxruntime-cpu, openvino-cpu, and onnxruntime-cuda where the driver reports a GPU),
+For each usable backend (onnxruntime-cpu, openvino-cpu; onnxruntime-cuda and onnxruntime-tensorrt where usable),
 each model (person, face) and each batch size it measures frames/s and latency four ways, one right after the
 other, on the same preprocessed astronaut photo:
 
@@ -52,7 +52,8 @@ from edgebox.metrics import Metrics
 from edgebox.plugins_loader import builtin_plugin_dir, load_plugins
 
 PHOTO = ROOT / "tests" / "data" / "astronaut.png"
-BACKENDS = ("onnxruntime-cpu", "openvino-cpu", "onnxruntime-cuda")
+BACKENDS = ("onnxruntime-cpu", "openvino-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt")
+DEPLOY_TIMEOUT_S = 900.0  # a first TensorRT load builds an engine per model: minutes
 MODELS = ("person", "face")
 MODES = ("raw", "sched", "grpc-b", "grpc-1")
 ENGINE_START_TIMEOUT_S = 60.0
@@ -216,7 +217,7 @@ class Engine:
 
     async def deploy(self, backend: str, model: str, jpeg: bytes) -> str:
         workflow_id = f"{model}-{backend}"
-        async with EdgeboxClient(self.host, self.port, timeout=120) as client:
+        async with EdgeboxClient(self.host, self.port, timeout=DEPLOY_TIMEOUT_S) as client:
             await client.deploy_workflow(pb.WorkflowSpec(workflow_id=workflow_id, plugins=[model], backend=backend,
                                                          min_score=0.5, attach_snapshot=False))
             result = await client.infer(jpeg, workflow_id=workflow_id)  # warm, and check that it finds something
@@ -315,9 +316,11 @@ def run(args: argparse.Namespace) -> list[Row]:
     jpeg = cv2.imencode(".jpg", cv2.imread(str(PHOTO)), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     tensors = {m: registry.get(m).preprocess(image, {})[0] for m in args.models}
-    loaded = {(b, m): BACKEND_LOADERS[b](registry.get(m).model, LoadOptions()) for b in backends for m in args.models}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edgebox-bench-") as tmp:
+        # TensorRT needs an engine folder and its largest batch size up front; the other backends ignore both.
+        options = LoadOptions(max_batch_size=max(args.batches), cache_dir=Path(tmp) / "raw-engines")
+        loaded = {(b, m): BACKEND_LOADERS[b](registry.get(m).model, options) for b in backends for m in args.models}
         for batch in args.batches:
             engine = Engine(batch, Path(tmp))
             try:
