@@ -393,6 +393,11 @@ fields = dict(status=pb.HealthStatus.SERVING, timestamp=1763900000000, plugin_co
               plugins=["face", "motion", "person"], backends=["openvino-cpu", "onnxruntime-cpu"])
 print(f"betterproto2 build HealthCheckResponse            {per_call_us(lambda: pb.HealthCheckResponse(**fields), 2000):.1f} us")
 print(f"betterproto2 encode HealthCheckResponse ({len(data)} B)  {per_call_us(lambda: bytes(reply), 2000):.1f} us")
+try:
+    from edgebox.api.codec import encode_message
+    print(f"edgebox encode_message HealthCheckResponse      {per_call_us(lambda: encode_message(reply), 2000):.1f} us")
+except ImportError:  # older checkouts
+    pass
 print(f"betterproto2 decode HealthCheckResponse          {per_call_us(lambda: pb.HealthCheckResponse.FromString(data), 2000):.1f} us")
 print(f"betterproto2 decode an empty HealthCheckRequest   {per_call_us(lambda: pb.HealthCheckRequest.FromString(b''), 2000):.1f} us")
 
@@ -441,7 +446,8 @@ def parts(specs: list[str]) -> None:
             continue
         env = dict(os.environ, PYTHONPATH=str(Path(checkout).resolve())) if checkout else None
         done = subprocess.run(["taskset", "-c", "0", PY, "-c", PARTS_CODE], capture_output=True, text=True,
-                              check=False, timeout=300, cwd=ROOT, env=env)
+                              check=False, timeout=300, cwd=tempfile.gettempdir(), env=env)  # not ROOT: it would
+        # come first on sys.path and shadow the checkout under test
         if done.returncode != 0:
             raise BenchError(f"the parts measurement failed:\n{done.stderr[-2000:]}")
         print(f"{spec}:\n{done.stdout}", end="", flush=True)

@@ -1,14 +1,17 @@
 """A protobuf codec for grpclib that also sends pre-encoded bytes as they are, and types decode failures.
 
-Results are encoded once and fanned out as bytes (see results.ResultHub); every other message is encoded by the
-message itself, betterproto2 and Google protobuf alike.
+Results are encoded once and fanned out as bytes (see results.ResultHub). betterproto2 messages are encoded by
+`encode_message`, which writes the same bytes as `bytes(message)` without its per-field cost; Google protobuf
+messages encode themselves.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import betterproto2
+from betterproto2 import PACKED_TYPES, TYPE_BYTES, TYPE_MESSAGE, _preprocess_single, _serialize_single
 from grpclib.encoding.proto import ProtoCodec
 
 from edgebox.errors import InvalidRequest
@@ -32,6 +35,8 @@ class PreEncodedProtoCodec(ProtoCodec):
     def encode(self, message: Any, message_type: Any) -> bytes:
         if isinstance(message, (bytes, bytearray, memoryview)):
             return bytes(message)
+        if isinstance(message, betterproto2.Message) and type(message) is message_type:
+            return encode_message(message)
         return super().encode(message, message_type)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
@@ -42,6 +47,59 @@ class PreEncodedProtoCodec(ProtoCodec):
         except Exception as exc:
             raise MalformedMessage(f"the request is not a valid {message_type.__name__} message: {exc}") from None
 
+
+# -- encoding -------------------------------------------------------------------------------------------------------
+# betterproto2's __bytes__ builds every field's default inside warnings.catch_warnings() to compare the value with
+# it, on every encode and for every nested message: most of the encode time of a small reply (docs/benchmarks.md,
+# gRPC). The defaults are built once per class here; the wire bytes are the library's own (_serialize_single), and
+# tests/api/test_codec.py checks byte equality with bytes(message) on every message type.
+_PLANS: dict[type, tuple[tuple[str, Any, Any], ...]] = {}
+
+
+def _plan(cls: type) -> tuple[tuple[str, Any, Any], ...]:
+    meta = cls._betterproto  # type: ignore[attr-defined]
+    with warnings.catch_warnings():  # as betterproto2 does: deprecated fields warn when their default is built
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        plan = tuple((name, field, meta.default_gen[name]()) for name, field in meta.meta_by_field_name.items())
+    _PLANS[cls] = plan
+    return plan
+
+
+def _single(field: Any, value: Any) -> bytes:
+    if field.proto_type == TYPE_MESSAGE and field.unwrap is None and isinstance(value, betterproto2.Message):
+        return _serialize_single(field.number, TYPE_BYTES, encode_message(value))
+    return _serialize_single(field.number, field.proto_type, value, unwrap=field.unwrap)
+
+
+def encode_message(message: betterproto2.Message) -> bytes:
+    """The same bytes as `bytes(message)`, with each class's field defaults built once instead of per encode."""
+    if message._is_pydantic():
+        return bytes(message)
+    cls = type(message)
+    plan = _PLANS.get(cls) or _plan(cls)
+    out = bytearray()
+    for name, field, default in plan:
+        value = getattr(message, name)
+        if value is None or value == default:  # unset optional fields and zero values are not sent
+            continue
+        if field.repeated:
+            if field.proto_type in PACKED_TYPES:
+                packed = bytearray()
+                for item in value:
+                    packed += _preprocess_single(field.proto_type, None, item)
+                out += _serialize_single(field.number, TYPE_BYTES, packed)
+            else:
+                for item in value:
+                    out += _single(field, item)
+        elif field.map_meta:
+            key_meta, value_meta = field.map_meta
+            for k, v in value.items():
+                entry = _serialize_single(1, key_meta.proto_type, k) + _single(value_meta, v)
+                out += _serialize_single(field.number, TYPE_BYTES, entry)
+        else:
+            out += _single(field, value)
+    out += message._unknown_fields
+    return bytes(out)
 
 def _varint(data: memoryview, i: int) -> tuple[int, int]:
     value = shift = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgebox.api.codec import encode_message
 from edgebox.cameras import mask_url
 from edgebox.fleet import Camera
 from edgebox.node import ClientFrame, Health, MetricsSnapshot
@@ -97,7 +98,7 @@ def infer_result(result: Result, with_image: bool = True) -> pb.InferResult:
 
 def encode_result(result: Result, with_image: bool) -> bytes:
     """Encode once for every subscriber (see results.ResultHub)."""
-    return bytes(infer_result(result, with_image))
+    return encode_message(infer_result(result, with_image))
 
 
 def health_response(health: Health) -> pb.HealthCheckResponse:

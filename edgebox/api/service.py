@@ -19,7 +19,7 @@ import grpclib.const
 from grpclib.exceptions import GRPCError
 
 from edgebox.api import convert
-from edgebox.api.codec import MalformedMessage
+from edgebox.api.codec import MalformedMessage, encode_message
 from edgebox.api.errors import internal_error, to_grpc_error
 from edgebox.bridge import Bridge
 from edgebox.errors import EdgeboxError, InvalidRequest, ResourceExhausted, ShuttingDown
@@ -233,7 +233,7 @@ class InferenceService(pb.InferenceServiceBase):
                 raise InvalidRequest("the first StreamFrame must name workflow_id or plugin")
             seq += 1
             outcome = await self._trio(self._stream_one, target, message, state_holder, seq)
-            yield bytes(outcome)
+            yield encode_message(outcome)
 
     async def _stream_one(self, target: InferTarget, message: pb.StreamFrame, holder: dict[str, SourceState],
                           seq: int) -> pb.InferResult:
