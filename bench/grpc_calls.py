@@ -15,9 +15,10 @@ it, which decodes the JPEG and, for a single frame, finds nothing: the cheapest 
 Each server is pinned to CPU 0 and ghz to CPU 1 (`--cpus 1`), on loopback. ghz (bojand/ghz, the version pinned
 in GHZ below) and the grpc-go server are built into bench/go/.bin on first use; that needs `go` and, the first
 time, the Go module proxy for ghz (later runs build offline from the module cache; the reference server needs
-only the modules that scripts/setup-go.sh fetches). Every ghz run must end with every
-call OK, or the bench fails. With `--cameras N` the engine is not pinned; it runs a `person` workflow on N demo
-cameras (every 5th demo://person) while ghz sends HealthCheck and ListCameras one at a time at --probe-rps.
+only the modules that scripts/setup-go.sh fetches). Every ghz run must end with every call OK, or the bench
+fails (exit 2, one line saying why). With `--cameras N` the engine is not pinned; it runs a `person` workflow on
+N demo cameras (every 5th demo://person) while ghz sends HealthCheck and ListCameras one at a time at
+--probe-rps. bench/README.md says how to read the output.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ class Server:
                 self.proc.wait(10)
 
 
-def start_server(spec: str, tmp: Path, refserver: Path, *, pin: bool = True, engine: dict | None = None) -> Server:
+def start_server(spec: str, tmp: Path, refserver: Path, *, pin: bool = True, engine: dict | None = None,
+                 switch_interval_ms: float = 0) -> Server:
     kind, _, checkout = spec.partition("=")
     label = spec if not checkout else f"edgebox@{Path(checkout).name}"
     folder = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=tmp))
@@ -143,6 +145,9 @@ def start_server(spec: str, tmp: Path, refserver: Path, *, pin: bool = True, eng
                   "engine": {"admission_max_load": 0, **(engine or {})}}
         (folder / "engine.json").write_text(json.dumps(config))
         cmd = [PY, "-m", "edgebox", "--config", str(folder / "engine.json"), "--grpc_port", str(port)]
+        if switch_interval_ms:  # an experiment: the GIL hand-over interval (Python's default is 5 ms)
+            cmd[1:3] = ["-c", (f"import runpy, sys; sys.setswitchinterval({switch_interval_ms / 1000!r}); "
+                               "sys.argv[0] = 'edgebox'; runpy.run_module('edgebox', run_name='__main__')")]
         ready = "EDGEBOX READY"
         if checkout:
             if not (Path(checkout) / "edgebox" / "__init__.py").exists():
@@ -347,7 +352,15 @@ async def add_cameras(port: int, n: int, fps: float, plugins: str) -> float:
 
 
 def under_cameras(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp: Path) -> list[dict]:
-    server = start_server("edgebox", tmp, refserver, pin=False,
+    rows = []
+    for spec in args.servers.split(","):
+        if spec.startswith("edgebox"):  # the reference servers run no cameras
+            rows += under_cameras_one(spec, args, ghz_bin, refserver, tmp)
+    return rows
+
+
+def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp: Path) -> list[dict]:
+    server = start_server(spec, tmp, refserver, pin=False, switch_interval_ms=args.switch_interval_ms,
                           engine={"max_cameras": args.cameras, "queue_capacity": max(64, args.cameras * 2)})
     rows = []
     try:
@@ -355,8 +368,8 @@ def under_cameras(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp:
         for method in ("HealthCheck", "ListCameras"):
             m = ghz(ghz_bin, server.port, method, request_file(method, tmp), 1, args.duration * 4,
                     rps=args.probe_rps, pin=False)
-            rows.append({"call": method, **m})
-            print(f"  {args.cameras} cameras: {method:12} {m['count']} calls at {args.probe_rps:g}/s  "
+            rows.append({"server": server.label, "call": method, **m})
+            print(f"  {server.label}, {args.cameras} cameras: {method:12} {m['count']} calls at {args.probe_rps:g}/s  "
                   f"p50 {m['p50']:.0f} us  p99 {m['p99']:.0f} us  max {m['max_us']:.0f} us", flush=True)
         if server.proc.poll() is not None:
             raise BenchError(f"the engine exited with {server.proc.returncode} during the run")
@@ -464,6 +477,8 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=2.0, help="with --cameras: frames per second per camera")
     parser.add_argument("--plugins", default="person", help="with --cameras: the cameras' workflow")
     parser.add_argument("--probe-rps", type=float, default=20.0, help="with --cameras: probe calls per second")
+    parser.add_argument("--switch-interval-ms", type=float, default=0,
+                        help="with --cameras: run the engine with sys.setswitchinterval(this) (an experiment)")
     parser.add_argument("--parts", action="store_true", help="instead: time protobuf encoding and the bridge hop")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--profile", type=Path, help="py-spy every edgebox run; collapsed stacks go to this folder")

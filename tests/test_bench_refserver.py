@@ -25,7 +25,7 @@ BUILD_TIMEOUT_S = 180.0  # a bound against hangs, not a timing assertion
 @pytest.mark.skipif(GO is None, reason="go not on PATH; see scripts/setup-go.sh")
 def test_go_reference_server_builds_offline_and_answers_health_and_infer(tmp_path: Path) -> None:
     binary = tmp_path / "refserver"
-    env = dict(os.environ, GOPROXY="off", GOFLAGS="-mod=readonly")
+    env = dict(os.environ, GOPROXY="off", GOFLAGS="-mod=readonly -buildvcs=false")
     build = subprocess.run([GO, "build", "-o", str(binary), "./refserver"], cwd=REPO / "bench" / "go", env=env,
                            capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
     assert build.returncode == 0, f"bench/go/refserver did not build offline:\n{build.stderr}"
