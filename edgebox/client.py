@@ -7,6 +7,7 @@ docs examples.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -16,12 +17,14 @@ from typing import Any
 
 from google.rpc import error_details_pb2
 from grpclib.client import Channel
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from edgebox.proto_gen import infer as pb
 
 __all__ = ["EdgeboxClient", "EdgeboxClientError", "pb"]
+
+STREAM_INFER = "/infer.InferenceService/StreamInfer"
 
 
 class EdgeboxClientError(Exception):
@@ -134,9 +137,45 @@ class EdgeboxClient:
 
     async def stream_infer(self, frames: AsyncIterator[pb.StreamFrame] | Iterable[pb.StreamFrame]
                            ) -> AsyncIterator[pb.InferResult]:
+        """Send `frames` while yielding their results; the server's final status is raised as EdgeboxClientError.
+
+        Not the generated stub: when the server ends the call first (a drain, an error) while frames are still
+        being sent, the stub leaves the request side open and grpclib then raises ProtocolError("Outgoing stream
+        was not ended") instead of the server's status. Here the sender stops and the request side is ended
+        (or, when the server has reset the stream, grpclib is told so) before the status is read.
+        """
         try:
-            async with contextlib.aclosing(self.stream_stub.stream_infer(frames)) as results:
-                async for result in results:
-                    yield result
+            async with self.channel.request(STREAM_INFER, Cardinality.STREAM_STREAM, pb.StreamFrame,
+                                            pb.InferResult) as stream:
+                await stream.send_request()
+                sender = asyncio.ensure_future(_send_all(stream, frames))
+                try:
+                    async for result in stream:
+                        yield result
+                except BaseException:  # the caller stopped reading, or the call failed: grpclib cancels it
+                    sender.cancel()
+                    raise
+                # The server ended the call (its status is in the trailers): stop sending, end the request side.
+                sender.cancel()
+                ended = (await asyncio.gather(sender, return_exceptions=True))[0] is True
+                if not ended:
+                    try:
+                        await stream.end()
+                    except Exception as exc:
+                        # After a non-OK status the server also resets the stream, so it cannot be ended;
+                        # grpclib then raises the status from the trailers it already has.
+                        raise StreamTerminatedError("the server ended the call while frames were sent") from exc
         except GRPCError as exc:
             raise EdgeboxClientError.from_grpc(exc) from None
+
+
+async def _send_all(stream: Any, frames: AsyncIterator[pb.StreamFrame] | Iterable[pb.StreamFrame]) -> bool:
+    """Send every frame, then end the request side; True once ended."""
+    if isinstance(frames, Iterable):
+        for frame in frames:
+            await stream.send_message(frame)
+    else:
+        async for frame in frames:
+            await stream.send_message(frame)
+    await stream.end()
+    return True
