@@ -91,21 +91,6 @@ async def test_call_sync_in_trio_runs_the_function_in_the_trio_thread():
         assert await bridge.call_in_asyncio(bridge.call_sync_in_trio, in_trio, 41) == (42, True)
 
 
-async def test_call_sync_in_trio_raises_the_function_exception_in_asyncio():
-    def in_trio() -> None:
-        raise ValueError("from trio")
-
-    async def in_asyncio() -> str:
-        try:
-            await bridge.call_sync_in_trio(in_trio)
-        except ValueError as exc:
-            return f"caught {exc}"
-        return "not raised"
-
-    async with open_bridge() as bridge:
-        assert await bridge.call_in_asyncio(in_asyncio) == "caught from trio"
-
-
 async def test_many_calls_in_flight_each_get_their_own_result():
     """Calls that cross together share wake-ups; none may be lost or answered with another's result."""
 
@@ -123,13 +108,21 @@ async def test_many_calls_in_flight_each_get_their_own_result():
             assert await bridge.call_in_asyncio(in_asyncio) == [x * 10 if x % 2 else -x for x in range(300)]
 
 
-async def test_call_in_trio_raises_the_trio_exception_in_asyncio():
-    async def in_trio() -> None:
-        raise ValueError("from trio")
+def _raise_from_trio() -> None:
+    raise ValueError("from trio")
+
+
+async def _raise_from_trio_task() -> None:
+    _raise_from_trio()
+
+
+@pytest.mark.parametrize("crossing", ["call_in_trio", "call_sync_in_trio"])
+async def test_the_trio_side_exception_is_raised_in_asyncio(crossing: str):
+    in_trio = _raise_from_trio_task if crossing == "call_in_trio" else _raise_from_trio
 
     async def in_asyncio() -> str:
         try:
-            await bridge.call_in_trio(in_trio)
+            await getattr(bridge, crossing)(in_trio)
         except ValueError as exc:
             return f"caught {exc}"
         return "not raised"
