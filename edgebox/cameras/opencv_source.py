@@ -152,6 +152,8 @@ class OpenCvSource:
         if self._reader is None:  # open() failed or never ran: the open thread released what it had
             return
         await self._reader_done.wait()
+        # The event is set as the thread's last act; join it so that no thread outlives aclose (microseconds).
+        await trio.to_thread.run_sync(self._reader.join)
 
     # ---- open (a trio worker thread) ----------------------------------------------------------------------
     def _open_sync(self) -> float:
