@@ -38,7 +38,7 @@ DEFAULT_FILE_FPS = 25.0  # pacing when a file does not say its frame rate
 # also what lets decode_meter time it. Measured with 50 cameras at 640x360: 203 -> 53 threads in the process,
 # RSS 367 -> 300 MB, CPU unchanged within noise (docs/benchmarks.md, "Cameras").
 DECODE_THREADS = 1
-# The quick RTSP DESCRIBE before each open (probe.preflight_failure) gets at most this long: a server that does
+# The quick RTSP OPTIONS before each open (probe.preflight_failure) gets at most this long: a server that does
 # not answer it fails as TIMEOUT without entering OpenCV's process-wide open lock for open_timeout_s.
 PREFLIGHT_TIMEOUT_S = 2.0
 # Sampled frames waiting between the reader thread and the runner. Full (the trio thread has not taken the last

@@ -2,6 +2,7 @@
 
 Blocking stdlib code (run it in a worker thread): a TCP connect tells REFUSED / TIMEOUT / unknown host, an RTSP
 DESCRIBE or HTTP GET tells 404 / 401 and whether the stream has a decodable video track. Messages hold no password.
+`preflight_failure` is the cheaper check before every open: connect and RTSP OPTIONS only.
 """
 
 from __future__ import annotations
@@ -25,36 +26,75 @@ DECODABLE_ENCODINGS = frozenset({"H264", "H265", "HEVC", "JPEG", "MP4V-ES", "VP8
                                  "H263-1998", "H263-2000", "MPV", "MP2T", "RAW"})
 
 
-# What a preflight DESCRIBE may decide on its own. Other answers (401 with credentials, an SDP the probe does not
-# know) go on to FFmpeg, which may know better.
+# What a preflight may decide on its own: the server cannot be reached or does not answer. Any RTSP answer, even
+# 401, goes on to FFmpeg, which may know better.
 PREFLIGHT_DECIDES = frozenset({StreamError.REFUSED, StreamError.TIMEOUT, StreamError.NOT_FOUND})
 
 
 def preflight_failure(parts: SplitResult, timeout: float) -> StreamFailure | None:
-    """A quick DESCRIBE before OpenCV opens an RTSP URL: the failure when the server refuses, is unknown or does
-    not answer within `timeout`; None when FFmpeg should try (the server answered).
+    """A quick RTSP OPTIONS before OpenCV opens an RTSP URL: the failure when the host is unknown, the server
+    refuses or does not answer within `timeout`; None when FFmpeg should try (the server answered).
 
     OpenCV holds one process-wide lock through every open, so a server that accepts TCP but never answers would
     hold every other camera's (re)connection for the whole open timeout; this keeps it out of that lock.
+
+    OPTIONS, not DESCRIBE: a DESCRIBE makes servers with shared media (gst-rtsp-server, hence many NVRs) build
+    the stream's pipeline and tear it down again when this connection closes, and FFmpeg's own DESCRIBE a moment
+    later then meets the teardown and gets 503 (measured: 3 of 10 opens on the test server). OPTIONS touches no
+    media; 404 and 401 are told apart by probe_failure after a failed open.
     """
-    failure = probe_failure(parts, timeout)
-    return failure if failure.error in PREFLIGHT_DECIDES else None
+    where = f"{parts.hostname or ''}:{parts.port or DEFAULT_PORTS[parts.scheme]}"
+    try:
+        sock = _connect(parts, timeout)
+    except _Unreachable as unreachable:
+        return unreachable.failure
+    try:
+        if parts.scheme == "rtsps":
+            sock = _tls(sock, parts.hostname or "")
+        uri = parts._replace(netloc=parts.netloc.rpartition("@")[2], fragment="").geturl()
+        _rtsp_request(sock, "OPTIONS", uri, 1, None)
+        return None
+    except TimeoutError:
+        return StreamFailure(StreamError.TIMEOUT, f"{where} accepted the connection but did not answer "
+                                                  f"within {timeout:.1f} s")
+    except (OSError, ValueError):
+        return None  # something answered, or the connection broke: FFmpeg's open and probe_failure tell which
+    finally:
+        sock.close()
+
+
+class _Unreachable(Exception):
+    def __init__(self, failure: StreamFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _connect(parts: SplitResult, timeout: float) -> socket.socket:
+    host, port = parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme]
+    where = f"{host}:{port}"
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror:
+        raise _Unreachable(StreamFailure(StreamError.NOT_FOUND, f"host name {host!r} does not resolve")) from None
+    except ConnectionRefusedError:
+        raise _Unreachable(StreamFailure(StreamError.REFUSED, f"connection refused by {where} (nothing listening)"
+                                         )) from None
+    except TimeoutError:
+        raise _Unreachable(StreamFailure(StreamError.TIMEOUT, f"no answer from {where} within {timeout:.1f} s")
+                           ) from None
+    except OSError as exc:
+        raise _Unreachable(StreamFailure(StreamError.TIMEOUT, f"cannot reach {where}: {exc.strerror or exc}")
+                           ) from None
 
 
 def probe_failure(parts: SplitResult, timeout: float) -> StreamFailure:
     """Classify a network source that failed to open; returns (does not raise) the StreamFailure."""
-    host, port = parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme]
-    where = f"{host}:{port}"
+    host = parts.hostname or ""
+    where = f"{host}:{parts.port or DEFAULT_PORTS[parts.scheme]}"
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except socket.gaierror:
-        return StreamFailure(StreamError.NOT_FOUND, f"host name {host!r} does not resolve")
-    except ConnectionRefusedError:
-        return StreamFailure(StreamError.REFUSED, f"connection refused by {where} (nothing listening)")
-    except TimeoutError:
-        return StreamFailure(StreamError.TIMEOUT, f"no answer from {where} within {timeout:.1f} s")
-    except OSError as exc:
-        return StreamFailure(StreamError.TIMEOUT, f"cannot reach {where}: {exc.strerror or exc}")
+        sock = _connect(parts, timeout)
+    except _Unreachable as unreachable:
+        return unreachable.failure
     try:
         if parts.scheme in ("rtsps", "https"):
             sock = _tls(sock, host)
@@ -77,12 +117,13 @@ def _tls(sock: socket.socket, host: str) -> ssl.SSLSocket:
 
 def _probe_rtsp(sock: socket.socket, parts: SplitResult, where: str) -> StreamFailure:
     uri = parts._replace(netloc=parts.netloc.rpartition("@")[2], fragment="").geturl()
-    status, reason, headers, body = _rtsp_describe(sock, uri, 1, None)
+    status, reason, headers, body = _rtsp_request(sock, "DESCRIBE", uri, 1, None)
     creds = credentials(parts)
     if status == 401 and creds is not None:
         challenge = _pick_challenge(headers)
         if challenge is not None:
-            status, reason, headers, body = _rtsp_describe(sock, uri, 2, _authorization(challenge, creds, uri))
+            status, reason, headers, body = _rtsp_request(sock, "DESCRIBE", uri, 2,
+                                                          _authorization(challenge, creds, uri))
     path = parts.path or "/"
     if status == 401:
         why = "credentials were rejected" if creds else "it needs credentials (add user:password@ to the URL)"
@@ -111,9 +152,11 @@ def _classify_sdp(sdp: str, where: str, path: str) -> StreamFailure:
                                             "not set it up (transport blocked? try transport=tcp)")
 
 
-def _rtsp_describe(sock: socket.socket, uri: str, cseq: int, authorization: str | None
-                   ) -> tuple[int, str, list[tuple[str, str]], bytes]:
-    lines = [f"DESCRIBE {uri} RTSP/1.0", f"CSeq: {cseq}", "Accept: application/sdp", f"User-Agent: {USER_AGENT}"]
+def _rtsp_request(sock: socket.socket, method: str, uri: str, cseq: int, authorization: str | None
+                  ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {cseq}", f"User-Agent: {USER_AGENT}"]
+    if method == "DESCRIBE":
+        lines.append("Accept: application/sdp")
     if authorization:
         lines.append(f"Authorization: {authorization}")
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())

@@ -10,7 +10,9 @@ import logging
 import math
 import re
 import threading
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -27,7 +29,7 @@ from edgebox.cameras import (
     open_source,
     parse_camera_options,
 )
-from edgebox.cameras.opencv_source import PREFLIGHT_TIMEOUT_S
+from edgebox.cameras.probe import preflight_failure
 from tests.support.fixtures import SECURE_PASSWORD, SECURE_USER
 from tests.support.rtsp import INSTALL_HINT, RtspServer, free_port, gi_rtsp_available, pattern_mount
 
@@ -199,10 +201,29 @@ async def test_refused_port_is_reconnecting_refused():
     assert status.error is StreamError.REFUSED and "connection refused" in status.last_error
 
 
+def own_udp_sockets() -> int:
+    """How many UDP sockets this process holds (its fds matched against /proc/net/udp's inodes)."""
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as lines:
+            inodes.update(line.split()[9] for line in list(lines)[1:])
+    fds = Path("/proc/self/fd")
+    links = []
+    for fd in fds.iterdir():
+        try:
+            links.append(fd.readlink().name)
+        except OSError:  # closed since the listing
+            continue
+    return sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+
+
 @needs_rtsp_server
 async def test_udp_and_tcp_cameras_open_side_by_side(rtsp_server: RtspServer):
     # UDP needs a different OPENCV_FFMPEG_CAPTURE_OPTIONS at open time; concurrent opens must not mix them up.
+    # Each UDP camera receives RTP and RTCP on two sockets of its own, a TCP camera on none, so the count of
+    # this process's UDP sockets tells whether each camera got the transport it asked for.
     runners = []
+    before = own_udp_sockets()
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
         for i, transport in enumerate(["udp", "tcp", "udp", "tcp"]):
@@ -213,11 +234,17 @@ async def test_udp_and_tcp_cameras_open_side_by_side(rtsp_server: RtspServer):
         for runner in runners:
             await wait_for(runner, CameraState.STREAMING, timeout=10)
         all_streaming = trio.current_time() - start
+        udp_sockets = own_udp_sockets() - before
         await trio.sleep(1)
         frames = [runner.status.frames_in for runner in runners]
+        reconnects = [runner.status.reconnects for runner in runners]
         nursery.cancel_scope.cancel()
-    print(f"\n2 UDP + 2 TCP cameras all STREAMING {all_streaming:.2f} s after start; frames {frames}")
-    assert min(frames) >= 5 and all(r.status.reconnects == 0 for r in runners)
+    print(f"\n2 UDP + 2 TCP cameras all STREAMING {all_streaming:.2f} s after start; frames {frames}, "
+          f"reconnects {reconnects}, UDP sockets {udp_sockets}")
+    assert udp_sockets == 2 * 2
+    # UDP may lose packets on a loaded machine, and a camera that then stalls reconnects by design: what must
+    # hold is that every camera streams, not that none ever reconnected.
+    assert min(frames) >= 5
 
 
 @needs_rtsp_server
@@ -341,15 +368,34 @@ async def test_frozen_server_fails_the_open_fast_as_timeout_and_keeps_out_of_ope
     fine = CameraRunner("healthy", healthy.url("/ball"), slow, lambda frame: None)
     async with trio.open_nursery() as nursery:
         await nursery.start(stuck.run)
-        failed_in = await wait_for(stuck, CameraState.RECONNECTING, timeout=8)
+        # The waits may outlast open_timeout_s so that the assertions below can fail; the margins are not
+        # timings, they separate "the 2 s preflight answered" from "cv2's 10 s open held the lock".
+        failed_in = await wait_for(stuck, CameraState.RECONNECTING, timeout=15)
         status = stuck.status
         await trio.sleep(0.5)  # the frozen camera keeps retrying, at the 1 s cap
         await nursery.start(fine.run)
-        healthy_in = await wait_for(fine, CameraState.STREAMING, timeout=8)
+        healthy_in = await wait_for(fine, CameraState.STREAMING, timeout=15)
         nursery.cancel_scope.cancel()
         frozen.thaw()
     print(f"\nfrozen server: {status.error.name} after {failed_in:.2f} s ({status.last_error}); a healthy camera "
           f"streamed {healthy_in:.2f} s after it was added while the frozen one kept retrying")
     assert status.error is StreamError.TIMEOUT and "did not answer" in status.last_error
-    assert failed_in < PREFLIGHT_TIMEOUT_S + 1.5  # not open_timeout_s (10 s)
-    assert healthy_in < PREFLIGHT_TIMEOUT_S  # never queued behind the frozen server's open
+    assert failed_in < slow.open_timeout_s  # the preflight's 2 s, not cv2's open_timeout_s (10 s)
+    assert healthy_in < slow.open_timeout_s  # never queued behind a 10 s cv2 open of the frozen server
+
+
+@needs_rtsp_server
+def test_preflight_leaves_shared_media_alone_so_the_open_right_after_it_succeeds(rtsp_server: RtspServer):
+    # gst-rtsp-server builds a shared mount's pipeline on DESCRIBE and tears it down when that client leaves; a
+    # preflight DESCRIBE made FFmpeg's DESCRIBE right after it meet the teardown (503) in about 3 of 10 opens.
+    url = rtsp_server.url("/ball")
+    parts = urlsplit(url)
+    failed = []
+    for attempt in range(10):
+        assert preflight_failure(parts, 2.0) is None
+        capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+        if not capture.isOpened():
+            failed.append(attempt)
+        capture.release()
+        time.sleep(0.3)  # the teardown after the last client left overlaps the next preflight, as in a reconnect
+    assert failed == []
