@@ -94,7 +94,7 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
                     from edgebox.manager_link import run_manager_link
 
                     root.start_soon(run_manager_link, config.manager, node, f"{grpc.host}:{grpc.port}")
-                node.lifecycle = Lifecycle.SERVING
+                node.set_lifecycle(Lifecycle.SERVING)
                 grpc.set_serving(True)
                 endpoints = Endpoints(f"{grpc.host}:{grpc.port}", console_address, node)
                 log.info("edgebox %s serving: gRPC %s, console %s", __version__, endpoints.grpc,
@@ -103,7 +103,7 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
                     on_ready(endpoints)
                 received = await _next_signal(signals)
                 log.info("received %s: draining (deadline %.0f s)", received, config.grpc.drain_timeout_s)
-                node.lifecycle = Lifecycle.STOPPING
+                node.set_lifecycle(Lifecycle.STOPPING)
                 hub.close_all("the engine is shutting down")
                 async with trio.open_nursery() as drain_nursery:
                     drain_nursery.start_soon(_cancel_on_second_signal, signals, drain_nursery.cancel_scope)

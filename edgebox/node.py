@@ -75,6 +75,19 @@ class Health:
 
 
 @dataclass(frozen=True)
+class HealthFacts:
+    """The part of Health that changes only with the lifecycle and the loaded models, published by the trio
+    thread (Node.publish_health) so that HealthCheck is answered without crossing into it."""
+
+    status: str
+    gpu_available: bool
+    plugins: list[str]
+    plugin_errors: list[str]
+    backends: list[str]
+    models: list[str]
+
+
+@dataclass(frozen=True)
 class MetricsSnapshot:
     active_cameras: int
     registered_cameras: int
@@ -106,6 +119,15 @@ class Node:
     _adhoc: dict[str, WorkflowRuntime] = field(default_factory=dict)
     gpu: GpuMonitor = field(default_factory=GpuMonitor)  # also read by /metrics (edgebox.gpu.GpuCollector)
     decode_budget: DecodeBudget = field(default_factory=DecodeBudget)
+    _health_facts: HealthFacts | None = None
+
+    def __post_init__(self) -> None:
+        self.pool.on_loaded = self.publish_health
+        self.publish_health()
+
+    def set_lifecycle(self, lifecycle: str) -> None:
+        self.lifecycle = lifecycle
+        self.publish_health()
 
     # -- workflows ------------------------------------------------------------------------------------
     async def deploy_workflow(self, spec: Mapping[str, Any]) -> WorkflowEntry:
@@ -207,17 +229,24 @@ class Node:
             frame_seq=seq, latency_ms=elapsed * 1000)
 
     # -- health and metrics ---------------------------------------------------------------------------
-    def health(self) -> Health:
-        return Health(
+    def publish_health(self) -> None:
+        """Rebuild what HealthCheck reports; on the trio thread, whenever the lifecycle or the models change."""
+        self._health_facts = HealthFacts(
             status=self.lifecycle,
-            timestamp_ms=int(time.time() * 1000),
             gpu_available=self.hardware.gpu_available,
             plugins=sorted(self.plugins.plugins),
             plugin_errors=[f"{k}: {v}" for k, v in sorted(self.plugins.errors.items())],
             backends=self.hardware.usable_backends(),
-            uptime_s=time.monotonic() - self.started_mono,
             models=[str(info) for info in self.loaded_models()],
         )
+
+    def health(self) -> Health:
+        """The node's health; safe on any thread: it reads one reference the trio thread publishes whole."""
+        facts = self._health_facts
+        assert facts is not None  # published in __post_init__
+        return Health(status=facts.status, timestamp_ms=int(time.time() * 1000), gpu_available=facts.gpu_available,
+                      plugins=facts.plugins, plugin_errors=facts.plugin_errors, backends=facts.backends,
+                      uptime_s=time.monotonic() - self.started_mono, models=facts.models)
 
     def loaded_models(self) -> list[LoadedModelInfo]:
         """Each loaded model with the backend and device it really runs on (after any fallback)."""

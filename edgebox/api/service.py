@@ -1,8 +1,9 @@
 """The InferenceService handlers: decode the request, call the node in trio, convert the answer.
 
 Every handler body runs on the asyncio thread and crosses to trio exactly once per call through the bridge, so
-domain objects are only ever touched on the trio thread; reads that never wait (HealthCheck, the List calls,
-GetMetrics) cross as a plain function call, without a trio task. Guarding (draining, error mapping, metrics) wraps
+domain objects are only ever touched on the trio thread; reads that never wait (the List calls, GetMetrics) cross
+as a plain function call, without a trio task. HealthCheck does not cross: it reads what the trio thread publishes
+(Node.publish_health), so a trio thread busy with many cameras cannot delay a liveness check. Guarding (draining, error mapping, metrics) wraps
 every method in one place: `__mapping__`.
 """
 
@@ -281,7 +282,8 @@ class InferenceService(pb.InferenceServiceBase):
 
     # -- health and metrics -------------------------------------------------------------------------------
     async def health_check(self, message: pb.HealthCheckRequest) -> pb.HealthCheckResponse:
-        return await self._trio_sync(lambda: convert.health_response(self.node.health()))
+        # Answered here, from what the trio thread published: a busy trio thread (50 cameras) cannot delay it.
+        return convert.health_response(self.node.health())
 
     async def get_metrics(self, message: pb.MetricsRequest) -> pb.MetricsResponse:
         return await self._trio_sync(lambda: convert.metrics_response(self.node.metrics_snapshot()))

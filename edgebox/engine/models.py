@@ -10,6 +10,7 @@ for, so that every source using it batches together. The queues' batching loops 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class ModelPool:
         self._requests: dict[tuple[str, str], ModelQueue] = {}  # (model path, backend as requested)
         self._locks: dict[str, trio.Lock] = {}
         self.fallbacks: list[Fallback] = []
+        self.on_loaded: Callable[[], None] | None = None  # called on the trio thread after each model loads
         self.settings = QueueSettings(
             max_batch_size=config.max_batch_size,
             max_queue_delay_s=config.max_queue_delay_ms / 1000,
@@ -120,6 +122,8 @@ class ModelPool:
                 await self._nursery.start(queue.run)
                 self._queues[(path, name)] = queue
                 log.info("model %s loaded on %s", plugin.name, model.label)
+                if self.on_loaded is not None:
+                    self.on_loaded()
             if failures:
                 self._record_fallback(plugin.name, candidates[0], queue.model, failures[0])
             return queue

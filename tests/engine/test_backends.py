@@ -219,9 +219,10 @@ async def test_health_lists_usable_backends_and_each_loaded_model_with_its_devic
     from edgebox.node import Node
 
     async with open_pool(backend="auto") as (pool, metrics):
-        queue = await pool.queue_for(registry.get("face"))
         # Health reads only the plugins, the hardware and the pool: the other parts are not needed here.
         node = Node(registry, pool, None, None, None, metrics, hardware)  # type: ignore[arg-type]
+        assert node.health().models == []
+        queue = await pool.queue_for(registry.get("face"))  # a model loaded later is published to health
         health = node.health()
         [loaded] = node.loaded_models()
     assert health.backends == hardware.usable_backends()

@@ -58,7 +58,7 @@ async def test_healthz_and_readyz_follow_the_lifecycle(tmp_path):
         assert (await http.get("/healthz")).status_code == 200
         ready = await http.get("/readyz")
         assert ready.status_code == 200 and ready.json() == {"status": "SERVING"}
-        engine.node.lifecycle = Lifecycle.STOPPING
+        engine.node.set_lifecycle(Lifecycle.STOPPING)
         not_ready = await http.get("/readyz")
         assert not_ready.status_code == 503 and not_ready.json() == {"status": "STOPPING"}
         assert (await http.get("/healthz")).status_code == 200
