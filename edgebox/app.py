@@ -24,7 +24,8 @@ from edgebox.admission import Admission
 from edgebox.api.convert import encode_result
 from edgebox.api.server import open_grpc_server
 from edgebox.config import Config
-from edgebox.engine.hardware import detect_hardware
+from edgebox.engine.hardware import LibraryProbe, detect_hardware
+from edgebox.engine.library_probe import ProbeChild, probe_libraries_isolated
 from edgebox.engine.models import ModelPool
 from edgebox.errors import EdgeboxError
 from edgebox.fleet import CameraFleet
@@ -48,21 +49,33 @@ class Endpoints:
     node: Node | None = field(default=None, repr=False, compare=False)
 
 
-async def run_engine(config: Config, on_ready: Callable[[Endpoints], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain gRPC calls within grpc.drain_timeout_s and return."""
+async def run_engine(config: Config, on_ready: Callable[[Endpoints], None] | None = None, *,
+                     probe_child: ProbeChild | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain gRPC calls within grpc.drain_timeout_s and return.
+
+    `probe_child`: the library probe, when the caller started it early (edgebox.cli does); else started here.
+    """
     store = await trio.to_thread.run_sync(Store.open, config.data_dir)
     try:
-        await _run(config, store, on_ready)
+        await _run(config, store, on_ready, probe_child)
     finally:
         store.close()
 
 
-async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], None] | None) -> None:
+async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], None] | None,
+               probe_child: ProbeChild | None) -> None:
     metrics = Metrics()
     metrics.build_info.info({"version": __version__})
     plugin_dirs = [builtin_plugin_dir()] + ([config.plugin_dir] if config.plugin_dir else [])
-    plugins = await trio.to_thread.run_sync(load_plugins, plugin_dirs)
-    hardware = await trio.to_thread.run_sync(detect_hardware)
+    libraries: list[LibraryProbe] = []
+
+    async def probe() -> None:
+        libraries.append(await probe_libraries_isolated(probe_child))
+
+    async with trio.open_nursery() as startup:  # the probe's child process runs while the plugins load
+        startup.start_soon(probe)
+        plugins = await trio.to_thread.run_sync(load_plugins, plugin_dirs)
+    hardware = detect_hardware(libraries[0])
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as root:
             pool = ModelPool(config.engine, hardware, metrics, root, cache_dir=config.data_dir / "engines")

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import functools
 import json
 import logging
 import sys
@@ -57,6 +57,9 @@ def _run(args: argparse.Namespace, config_path: Path | None) -> int:
         print(f"edgebox: invalid config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     _setup_logging(cfg.log_level)
+    from edgebox.engine.library_probe import ProbeChild
+
+    probe_child = ProbeChild()  # first: its ~0.6 s of imports overlap the engine's own below
     import trio
 
     from edgebox.app import run_engine
@@ -69,9 +72,11 @@ def _run(args: argparse.Namespace, config_path: Path | None) -> int:
         print(f"EDGEBOX READY grpc={endpoints.grpc} console={endpoints.console or '-'}", flush=True)
 
     try:
-        trio.run(run_engine, cfg, on_ready)
+        trio.run(functools.partial(run_engine, cfg, on_ready, probe_child=probe_child))
     except BaseException as exc:  # noqa: BLE001 - startup failures arrive wrapped in exception groups
         return _startup_failure(exc)
+    finally:
+        probe_child.close()
     return 0
 
 
@@ -132,6 +137,8 @@ def _ctl(argv: list[str]) -> int:
     infer.add_argument("--workflow", default="")
     args = p.parse_args(argv)
     host, _, port = args.target.rpartition(":")
+    import asyncio
+
     from edgebox.client import EdgeboxClient, EdgeboxClientError
 
     async def main() -> object:
@@ -163,6 +170,10 @@ def _ctl(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from edgebox.engine.hardware import PROBE_CHILD_COMMAND, probe_child_main
+
+    if argv[:1] == [PROBE_CHILD_COMMAND]:  # the engine's own child (edgebox/engine/library_probe.py), not for people
+        return probe_child_main()
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else "run"
     if argv and argv[0] in SUBCOMMANDS:
         argv = argv[1:]

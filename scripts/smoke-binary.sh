@@ -5,7 +5,8 @@
 # Checks: --version; check-config on packaging/engine.example.json (valid) and on a broken file (exit 2); start
 # to SERVING (prints the wall time from exec to the READY line and to a passing HealthCheck); a real
 # InferSingleFrame on tests/data/astronaut.png with `edgebox ctl infer` finding a person; the console page over
-# HTTP; SIGTERM and exit 0. Prints the size and the start times (docs/benchmarks.md "## Binary").
+# HTTP; SIGTERM and exit 0. Also that the backend probe's child process (edgebox/engine/library_probe.py) ran in
+# the binary, and the engine's RSS before any model loads. Prints the size and the start times (docs/benchmarks.md "## Binary").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
@@ -91,8 +92,13 @@ for n in $(seq 1 "$starts"); do
   start_server
   ready_all+=("$ready_ms")
   step "start $n: exec -> READY ${ready_ms} ms; exec -> HealthCheck SERVING ${health_ms} ms (includes one ctl start)"
+  if grep -q "FALLBACK: probing" "$tmp/server.err"; then fail "the library probe's child process failed in the binary"; fi
   [ "$n" = "$starts" ] || stop_server
 done
+# The launcher execs the unpacked engine, so server_pid is the engine; no model is loaded yet (the example
+# config provisions none).
+step "engine RSS after start, no camera, no model: $(awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$server_pid/status") MB" \
+  "($(readlink "/proc/$server_pid/exe"))"
 
 clean ctl --target "$grpc" infer astronaut.png --plugin person > "$tmp/infer.json" || fail "ctl infer"
 grep -q '\\"label\\":\\"person\\"' "$tmp/infer.json" || { cat "$tmp/infer.json" >&2; fail "no person found"; }

@@ -7,7 +7,9 @@ is a pure function of the config, the detected hardware and an optional per-work
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
+import json
 import logging
 import platform
 from dataclasses import dataclass
@@ -123,25 +125,58 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def detect_hardware() -> Hardware:
+@dataclass(frozen=True)
+class LibraryProbe:
+    """What the inference libraries say they can use on this box (see probe_libraries)."""
+
+    onnxruntime_providers: tuple[str, ...]
+    openvino_devices: tuple[str, ...]
+    tensorrt_installed: bool
+    problems: tuple[str, ...] = ()  # a library that is missing or broken, one line each
+
+
+def probe_libraries() -> LibraryProbe:
+    """Ask onnxruntime and OpenVINO what they can use here. This maps both libraries and every OpenVINO device
+    plugin into the process (about 70 MB): the engine runs it in a child process (probe_libraries_isolated)."""
     providers: tuple[str, ...] = ()
+    problems: list[str] = []
     try:
         import onnxruntime
 
         providers = tuple(onnxruntime.get_available_providers())
     except ImportError:
-        log.warning("onnxruntime is not installed; its backends are unavailable")
+        problems.append("onnxruntime is not installed; its backends are unavailable")
     devices: tuple[str, ...] = ()
     try:
         from edgebox.engine.backends.openvino_backend import openvino_core
 
         devices = tuple(openvino_core().available_devices)
     except Exception as exc:  # noqa: BLE001 - a broken OpenVINO install must not stop the engine
-        log.warning("OpenVINO is unavailable: %s", exc)
+        problems.append(f"OpenVINO is unavailable: {exc}")
+    return LibraryProbe(providers, devices, _loads("libnvinfer.so.10"), tuple(problems))
+
+
+PROBE_CHILD_COMMAND = "_probe-libraries"  # `edgebox _probe-libraries` runs probe_child_main (edgebox.cli)
+
+
+def probe_child_main() -> int:
+    """The probing child's whole work (edgebox/engine/library_probe.py): probe, print one JSON line. This module
+    imports nothing heavy, so the child's time is the libraries' own."""
+    print(json.dumps(dataclasses.asdict(probe_libraries())), flush=True)
+    return 0
+
+
+def detect_hardware(libraries: LibraryProbe | None = None) -> Hardware:
+    """The hardware and the backends usable on it; `libraries` from a probe made elsewhere, else probed here."""
+    if libraries is None:
+        libraries = probe_libraries()
+    for problem in libraries.problems:
+        log.warning("%s", problem)
     driver = cuda_driver()
-    hw = Hardware(driver.devices, devices, providers, tensorrt_installed=_loads("libnvinfer.so.10"))
+    hw = Hardware(driver.devices, libraries.openvino_devices, libraries.onnxruntime_providers,
+                  tensorrt_installed=libraries.tensorrt_installed)
     log.info("hardware: %d CUDA device(s)%s, OpenVINO devices %s; usable backends: %s",
-             hw.cuda_devices, f" ({driver.reason})" if driver.reason else "", list(devices) or "none",
+             hw.cuda_devices, f" ({driver.reason})" if driver.reason else "", list(hw.openvino_devices) or "none",
              ", ".join(hw.usable_backends()) or "none")
     return hw
 

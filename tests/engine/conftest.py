@@ -11,6 +11,7 @@ from edgebox.engine.hardware import Hardware, detect_hardware
 from edgebox.engine.models import ModelPool
 from edgebox.metrics import Metrics
 from edgebox.plugins_loader import PluginRegistry, builtin_plugin_dir, load_plugins
+from tests.support.engine import aio  # noqa: F401 - the session's asyncio thread for grpclib clients
 
 
 @pytest.fixture(scope="session")
