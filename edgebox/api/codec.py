@@ -7,6 +7,7 @@ messages encode themselves.
 
 from __future__ import annotations
 
+import struct
 import warnings
 from typing import Any
 
@@ -25,6 +26,7 @@ _WIRE_TYPE = {
     **dict.fromkeys(("double", "fixed64", "sfixed64"), _FIXED64),
 }
 _MAX_DEPTH = 32
+_DOUBLE, _FLOAT = struct.Struct("<d"), struct.Struct("<f")
 
 
 class MalformedMessage(InvalidRequest):
@@ -65,10 +67,60 @@ def _plan(cls: type) -> tuple[tuple[str, Any, Any], ...]:
     return plan
 
 
+# The scalar types most replies are made of, written here directly: betterproto2's _serialize_single goes through
+# a BytesIO per varint and rebuilds the key every time (6.4 ms to encode ListCameras with 50 cameras, 3.4 ms with
+# the plans above, ~1 ms with these). Anything else (sint, fixed, wrappers, negative ints) is still the library's.
+_PLAIN_VARINT_TYPES = frozenset({"enum", "bool", "int32", "int64", "uint32", "uint64"})
+_ONE_BYTE = tuple(bytes((i,)) for i in range(128))
+_KEYS: dict[tuple[int, int], bytes] = {}
+
+
+def _encode_varint(value: int) -> bytes:
+    """A non-negative int as a protobuf varint."""
+    if value < 128:
+        return _ONE_BYTE[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _key(number: int, wire: int) -> bytes:
+    key = _KEYS.get((number, wire))
+    if key is None:
+        key = _KEYS[(number, wire)] = _encode_varint((number << 3) | wire)
+    return key
+
+
+def _payload(proto_type: str, value: Any) -> bytes | None:
+    """The value's bytes without key (and length), for the common types; None for betterproto2 to do."""
+    if proto_type in _PLAIN_VARINT_TYPES:
+        number = int(value)
+        return _encode_varint(number) if number >= 0 else None
+    if proto_type == "double":
+        return _DOUBLE.pack(value)
+    if proto_type == "float":
+        return _FLOAT.pack(value)
+    return None
+
+
 def _single(field: Any, value: Any) -> bytes:
-    if field.proto_type == TYPE_MESSAGE and field.unwrap is None and isinstance(value, betterproto2.Message):
-        return _serialize_single(field.number, TYPE_BYTES, encode_message(value))
-    return _serialize_single(field.number, field.proto_type, value, unwrap=field.unwrap)
+    proto_type = field.proto_type
+    if field.unwrap is None:
+        if proto_type == "string":
+            data = value.encode("utf-8")
+            return _key(field.number, _LEN) + _encode_varint(len(data)) + data
+        if proto_type == TYPE_MESSAGE and isinstance(value, betterproto2.Message):
+            data = encode_message(value)
+            return _key(field.number, _LEN) + _encode_varint(len(data)) + data
+        if proto_type == TYPE_BYTES:
+            return _key(field.number, _LEN) + _encode_varint(len(value)) + bytes(value)
+        payload = _payload(proto_type, value)
+        if payload is not None:
+            return _key(field.number, _WIRE_TYPE.get(proto_type, _VARINT)) + payload
+    return _serialize_single(field.number, proto_type, value, unwrap=field.unwrap)
 
 
 def encode_message(message: betterproto2.Message) -> bytes:
@@ -86,16 +138,17 @@ def encode_message(message: betterproto2.Message) -> bytes:
             if field.proto_type in PACKED_TYPES:
                 packed = bytearray()
                 for item in value:
-                    packed += _preprocess_single(field.proto_type, None, item)
-                out += _serialize_single(field.number, TYPE_BYTES, packed)
+                    payload = _payload(field.proto_type, item)
+                    packed += payload if payload is not None else _preprocess_single(field.proto_type, None, item)
+                out += _key(field.number, _LEN) + _encode_varint(len(packed)) + packed
             else:
                 for item in value:
                     out += _single(field, item)
         elif field.map_meta:
             key_meta, value_meta = field.map_meta
             for k, v in value.items():
-                entry = _serialize_single(1, key_meta.proto_type, k) + _single(value_meta, v)
-                out += _serialize_single(field.number, TYPE_BYTES, entry)
+                entry = _single(key_meta, k) + _single(value_meta, v)
+                out += _key(field.number, _LEN) + _encode_varint(len(entry)) + entry
         else:
             out += _single(field, value)
     out += message._unknown_fields

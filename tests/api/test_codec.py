@@ -11,6 +11,8 @@ from typing import Any
 
 import betterproto2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgebox.api.codec import encode_message
 from edgebox.proto_gen import infer, manager
@@ -74,3 +76,37 @@ def test_encode_message_keeps_unknown_fields() -> None:
     parsed = infer.HealthCheckResponse.FromString(bytes(infer.HealthCheckResponse(version="1.2")) + unknown)
     assert encode_message(parsed) == bytes(parsed)
     assert encode_message(parsed).endswith(unknown)
+
+
+# Values across each scalar type's whole range: encode_message writes the common types itself (varints, strings,
+# floats), so their edges (0, 127/128, negatives, 64-bit extremes, NaN, non-ASCII) must match the library's bytes.
+SCALAR_STRATEGIES = {
+    "string": st.text(max_size=40), "bytes": st.binary(max_size=40), "bool": st.booleans(),
+    "int32": st.integers(-(1 << 31), (1 << 31) - 1), "int64": st.integers(-(1 << 63), (1 << 63) - 1),
+    "uint32": st.integers(0, (1 << 32) - 1), "uint64": st.integers(0, (1 << 64) - 1),
+    "sint32": st.integers(-(1 << 31), (1 << 31) - 1), "sint64": st.integers(-(1 << 63), (1 << 63) - 1),
+    "float": st.floats(width=32), "double": st.floats(),
+    "fixed32": st.integers(0, (1 << 32) - 1), "fixed64": st.integers(0, (1 << 64) - 1),
+    "sfixed32": st.integers(-(1 << 31), (1 << 31) - 1), "sfixed64": st.integers(-(1 << 63), (1 << 63) - 1),
+}
+SCALAR_MESSAGES = [cls for cls in MESSAGE_TYPES
+                   if any(f.proto_type in SCALAR_STRATEGIES or f.proto_type == "enum"
+                          for f in cls._betterproto.meta_by_field_name.values())]  # type: ignore[attr-defined]
+
+
+@st.composite
+def scalar_message(draw: st.DrawFn) -> Any:
+    cls = draw(st.sampled_from(SCALAR_MESSAGES))
+    values = {}
+    for name, field in cls._betterproto.meta_by_field_name.items():  # type: ignore[attr-defined]
+        if field.map_meta or field.proto_type not in SCALAR_STRATEGIES:
+            continue
+        strategy = SCALAR_STRATEGIES[field.proto_type]
+        values[name] = draw(st.lists(strategy, max_size=3) if field.repeated else strategy)
+    return cls(**values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scalar_message())
+def test_encode_message_matches_betterproto2_bytes_for_any_scalar_values(message: Any) -> None:
+    assert encode_message(message) == bytes(message)
