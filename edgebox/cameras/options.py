@@ -23,7 +23,7 @@ CAMERA_CONFIG_KEYS: dict[str, str] = {
     "roi": "Region of interest 'x,y,w,h' as fractions of the frame (default: whole frame).",
     "transport": "RTSP transport, 'tcp' (default) or 'udp'; ignored for other URL schemes.",
     "watchdog_s": "No new frame for this many seconds marks the camera STALLED and reopens it, 1..120 (default 5).",
-    "open_timeout_s": "Seconds allowed to connect and open the stream, 1..60 (default 10); RTSP must answer DESCRIBE in 2.",
+    "open_timeout_s": "Seconds allowed to connect and open the stream, 1..60 (default 10); RTSP must answer OPTIONS in 2.",
     "max_backoff_s": "Cap of the reconnect back-off (0.5 s doubling), 1..30 (default 30).",
 }
 
