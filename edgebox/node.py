@@ -81,10 +81,10 @@ class HealthFacts:
 
     status: str
     gpu_available: bool
-    plugins: list[str]
-    plugin_errors: list[str]
-    backends: list[str]
-    models: list[str]
+    plugins: tuple[str, ...]
+    plugin_errors: tuple[str, ...]
+    backends: tuple[str, ...]
+    models: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Node:
     metrics: Metrics
     hardware: Hardware
     started_mono: float = field(default_factory=time.monotonic)
-    lifecycle: str = Lifecycle.STARTING
+    lifecycle: str = Lifecycle.STARTING  # changed with set_lifecycle(), which also republishes the health
     _adhoc: dict[str, WorkflowRuntime] = field(default_factory=dict)
     gpu: GpuMonitor = field(default_factory=GpuMonitor)  # also read by /metrics (edgebox.gpu.GpuCollector)
     decode_budget: DecodeBudget = field(default_factory=DecodeBudget)
@@ -234,10 +234,10 @@ class Node:
         self._health_facts = HealthFacts(
             status=self.lifecycle,
             gpu_available=self.hardware.gpu_available,
-            plugins=sorted(self.plugins.plugins),
-            plugin_errors=[f"{k}: {v}" for k, v in sorted(self.plugins.errors.items())],
-            backends=self.hardware.usable_backends(),
-            models=[str(info) for info in self.loaded_models()],
+            plugins=tuple(sorted(self.plugins.plugins)),
+            plugin_errors=tuple(f"{k}: {v}" for k, v in sorted(self.plugins.errors.items())),
+            backends=tuple(self.hardware.usable_backends()),
+            models=tuple(str(info) for info in self.loaded_models()),
         )
 
     def health(self) -> Health:
@@ -245,8 +245,9 @@ class Node:
         facts = self._health_facts
         assert facts is not None  # published in __post_init__
         return Health(status=facts.status, timestamp_ms=int(time.time() * 1000), gpu_available=facts.gpu_available,
-                      plugins=facts.plugins, plugin_errors=facts.plugin_errors, backends=facts.backends,
-                      uptime_s=time.monotonic() - self.started_mono, models=facts.models)
+                      plugins=list(facts.plugins), plugin_errors=list(facts.plugin_errors),
+                      backends=list(facts.backends), uptime_s=time.monotonic() - self.started_mono,
+                      models=list(facts.models))
 
     def loaded_models(self) -> list[LoadedModelInfo]:
         """Each loaded model with the backend and device it really runs on (after any fallback)."""

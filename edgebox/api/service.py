@@ -3,8 +3,8 @@
 Every handler body runs on the asyncio thread and crosses to trio exactly once per call through the bridge, so
 domain objects are only ever touched on the trio thread; reads that never wait (the List calls, GetMetrics) cross
 as a plain function call, without a trio task. HealthCheck does not cross: it reads what the trio thread publishes
-(Node.publish_health), so a trio thread busy with many cameras cannot delay a liveness check. Guarding (draining, error mapping, metrics) wraps
-every method in one place: `__mapping__`.
+(Node.publish_health), so a trio thread busy with many cameras cannot delay a liveness check. Guarding (draining,
+error mapping, metrics) wraps every method in one place: `__mapping__`.
 """
 
 from __future__ import annotations
