@@ -26,14 +26,10 @@ DECODABLE_ENCODINGS = frozenset({"H264", "H265", "HEVC", "JPEG", "MP4V-ES", "VP8
                                  "H263-1998", "H263-2000", "MPV", "MP2T", "RAW"})
 
 
-# What a preflight may decide on its own: the server cannot be reached or does not answer. Any RTSP answer, even
-# 401, goes on to FFmpeg, which may know better.
-PREFLIGHT_DECIDES = frozenset({StreamError.REFUSED, StreamError.TIMEOUT, StreamError.NOT_FOUND})
-
-
 def preflight_failure(parts: SplitResult, timeout: float) -> StreamFailure | None:
     """A quick RTSP OPTIONS before OpenCV opens an RTSP URL: the failure when the host is unknown, the server
-    refuses or does not answer within `timeout`; None when FFmpeg should try (the server answered).
+    refuses or does not answer within `timeout`; None when FFmpeg should try (any answer, even 401: FFmpeg may
+    know better).
 
     OpenCV holds one process-wide lock through every open, so a server that accepts TCP but never answers would
     hold every other camera's (re)connection for the whole open timeout; this keeps it out of that lock.
