@@ -242,9 +242,9 @@ async def test_udp_and_tcp_cameras_open_side_by_side(rtsp_server: RtspServer):
     print(f"\n2 UDP + 2 TCP cameras all STREAMING {all_streaming:.2f} s after start; frames {frames}, "
           f"reconnects {reconnects}, UDP sockets {udp_sockets}")
     assert udp_sockets == 2 * 2
-    # UDP may lose packets on a loaded machine, and a camera that then stalls reconnects by design: what must
-    # hold is that every camera streams, not that none ever reconnected.
-    assert min(frames) >= 5
+    # A reconnect here was the preflight's DESCRIBE racing the shared media's teardown (503); see
+    # test_preflight_leaves_shared_media_alone_so_the_open_right_after_it_succeeds.
+    assert min(frames) >= 5 and reconnects == [0, 0, 0, 0]
 
 
 @needs_rtsp_server
