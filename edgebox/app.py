@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 from collections.abc import Callable
@@ -74,6 +75,8 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
 
     async with trio.open_nursery() as startup:  # the probe's child process runs while the plugins load
         startup.start_soon(probe)
+        if config.console.enabled:  # its imports (~0.2 s) fill the wait for the probe's answer
+            startup.start_soon(trio.to_thread.run_sync, importlib.import_module, "edgebox.web.server")
         plugins = await trio.to_thread.run_sync(load_plugins, plugin_dirs)
     hardware = detect_hardware(libraries[0])
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
