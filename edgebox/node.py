@@ -103,6 +103,7 @@ class MetricsSnapshot:
     memory_usage_bytes: int
     gpu_utilization: float = -1.0
     gpu_memory_used_bytes: int = -1
+    models: tuple[LoadedModelInfo, ...] = ()
 
 
 @dataclass
@@ -277,6 +278,7 @@ class Node:
             memory_usage_bytes=process_rss_bytes(),
             gpu_utilization=gpu.utilization_percent,
             gpu_memory_used_bytes=gpu.memory_used_bytes,
+            models=tuple(self.loaded_models()),
         )
 
 

@@ -133,6 +133,8 @@ def metrics_response(m: MetricsSnapshot) -> pb.MetricsResponse:
         avg_compute_ms=m.avg_compute_ms,
         frames_dropped=m.frames_dropped,
         gpu_memory_used_bytes=m.gpu_memory_used_bytes,
+        models=[pb.ModelMetrics(model=info.model, backend=info.backend, device=info.device,
+                                batch_limit=info.batch_limit, queue_depth=info.queue_depth) for info in m.models],
     )
 
 

@@ -119,6 +119,10 @@ async def test_get_metrics_counters_move_after_inferences(client):
     assert after.memory_usage_bytes > 10 * 1024 * 1024
     assert after.workflows == len(await client.list_workflows())
     assert after.registered_cameras == len(await client.list_cameras())
+    # The models with what they really run on, matching HealthCheck's list.
+    person = next(m for m in after.models if m.model == "person")
+    assert person.backend in (await client.health()).backends and person.device and person.batch_limit >= 1
+    assert f"person: {person.backend} on {person.device}" in (await client.health()).models
 
 
 async def test_get_metrics_counts_failed_inferences(client):

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -91,6 +92,21 @@ func TestWorkflowAndCameraRPCsRoundTrip(t *testing.T) {
 	}
 	if metrics.GetRegisteredCameras() < 1 || metrics.GetWorkflows() < 1 || metrics.GetMemoryUsageBytes() <= 0 {
 		t.Fatalf("GetMetrics returned %v", metrics)
+	}
+	// The workflow's person model, with the backend and device it really runs on (HealthCheck lists the same).
+	health, err := c.HealthCheck(ctx)
+	if err != nil {
+		t.Fatalf("HealthCheck: %v", err)
+	}
+	found := false
+	for _, m := range metrics.GetModels() {
+		label := m.GetModel() + ": " + m.GetBackend() + " on " + m.GetDevice()
+		if m.GetModel() == "person" && m.GetBatchLimit() >= 1 && slices.Contains(health.GetModels(), label) {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("GetMetrics models %v lack person as HealthCheck lists it (%v)", metrics.GetModels(), health.GetModels())
 	}
 	if err := c.RemoveCamera(ctx, cam); err != nil {
 		t.Fatalf("RemoveCamera: %v", err)

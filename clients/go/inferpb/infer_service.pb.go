@@ -2255,8 +2255,11 @@ type MetricsResponse struct {
 	FramesDropped uint64 `protobuf:"varint,14,opt,name=frames_dropped,json=framesDropped,proto3" json:"frames_dropped,omitempty"`
 	// GPU memory in use, bytes; -1 when no NVIDIA GPU is present.
 	GpuMemoryUsedBytes int64 `protobuf:"varint,15,opt,name=gpu_memory_used_bytes,json=gpuMemoryUsedBytes,proto3" json:"gpu_memory_used_bytes,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Each loaded model with the backend and device it really runs on (after any fallback) and its scheduler
+	// queue now; the same models as HealthCheckResponse.models. Empty until a workflow or call needs a model.
+	Models        []*ModelMetrics `protobuf:"bytes,16,rep,name=models,proto3" json:"models,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetricsResponse) Reset() {
@@ -2394,6 +2397,95 @@ func (x *MetricsResponse) GetGpuMemoryUsedBytes() int64 {
 	return 0
 }
 
+func (x *MetricsResponse) GetModels() []*ModelMetrics {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+// One loaded model in MetricsResponse.models.
+type ModelMetrics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The plugin whose model it is, e.g. "person".
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The backend it runs on, e.g. "openvino-cpu" or "onnxruntime-cuda".
+	Backend string `protobuf:"bytes,2,opt,name=backend,proto3" json:"backend,omitempty"`
+	// The device, e.g. "CPU (Intel(R) Core(TM) i5-1145G7)", "GPU (Intel(R) Iris(R) Xe Graphics)" or "CUDA:0".
+	Device string `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	// Frames per execution it may batch now: engine.max_batch_size, lower for a while after an out-of-memory.
+	BatchLimit int32 `protobuf:"varint,4,opt,name=batch_limit,json=batchLimit,proto3" json:"batch_limit,omitempty"`
+	// Frames waiting in its queue now.
+	QueueDepth    int32 `protobuf:"varint,5,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelMetrics) Reset() {
+	*x = ModelMetrics{}
+	mi := &file_infer_service_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelMetrics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelMetrics) ProtoMessage() {}
+
+func (x *ModelMetrics) ProtoReflect() protoreflect.Message {
+	mi := &file_infer_service_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelMetrics.ProtoReflect.Descriptor instead.
+func (*ModelMetrics) Descriptor() ([]byte, []int) {
+	return file_infer_service_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ModelMetrics) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ModelMetrics) GetBackend() string {
+	if x != nil {
+		return x.Backend
+	}
+	return ""
+}
+
+func (x *ModelMetrics) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *ModelMetrics) GetBatchLimit() int32 {
+	if x != nil {
+		return x.BatchLimit
+	}
+	return 0
+}
+
+func (x *ModelMetrics) GetQueueDepth() int32 {
+	if x != nil {
+		return x.QueueDepth
+	}
+	return 0
+}
+
 // Which results to stream. Empty lists match everything.
 type SubscribeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2411,7 +2503,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_infer_service_proto_msgTypes[30]
+	mi := &file_infer_service_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2423,7 +2515,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_infer_service_proto_msgTypes[30]
+	mi := &file_infer_service_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2436,7 +2528,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_infer_service_proto_rawDescGZIP(), []int{30}
+	return file_infer_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SubscribeRequest) GetCameraIds() []string {
@@ -2501,7 +2593,7 @@ type InferResult struct {
 
 func (x *InferResult) Reset() {
 	*x = InferResult{}
-	mi := &file_infer_service_proto_msgTypes[31]
+	mi := &file_infer_service_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2513,7 +2605,7 @@ func (x *InferResult) String() string {
 func (*InferResult) ProtoMessage() {}
 
 func (x *InferResult) ProtoReflect() protoreflect.Message {
-	mi := &file_infer_service_proto_msgTypes[31]
+	mi := &file_infer_service_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2526,7 +2618,7 @@ func (x *InferResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InferResult.ProtoReflect.Descriptor instead.
 func (*InferResult) Descriptor() ([]byte, []int) {
-	return file_infer_service_proto_rawDescGZIP(), []int{31}
+	return file_infer_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *InferResult) GetCameraId() string {
@@ -2632,7 +2724,7 @@ type StreamFrame struct {
 
 func (x *StreamFrame) Reset() {
 	*x = StreamFrame{}
-	mi := &file_infer_service_proto_msgTypes[32]
+	mi := &file_infer_service_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2736,7 @@ func (x *StreamFrame) String() string {
 func (*StreamFrame) ProtoMessage() {}
 
 func (x *StreamFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_infer_service_proto_msgTypes[32]
+	mi := &file_infer_service_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2749,7 @@ func (x *StreamFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamFrame.ProtoReflect.Descriptor instead.
 func (*StreamFrame) Descriptor() ([]byte, []int) {
-	return file_infer_service_proto_rawDescGZIP(), []int{32}
+	return file_infer_service_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StreamFrame) GetWorkflowId() string {
@@ -2836,7 +2928,7 @@ const file_infer_service_proto_rawDesc = "" +
 	"\rplugin_errors\x18\t \x03(\tR\fpluginErrors\x12\x16\n" +
 	"\x06models\x18\n" +
 	" \x03(\tR\x06models\"\x10\n" +
-	"\x0eMetricsRequest\"\x93\x05\n" +
+	"\x0eMetricsRequest\"\xc0\x05\n" +
 	"\x0fMetricsResponse\x12%\n" +
 	"\x0eactive_cameras\x18\x01 \x01(\x05R\ractiveCameras\x120\n" +
 	"\x14total_infer_requests\x18\x02 \x01(\x05R\x12totalInferRequests\x12/\n" +
@@ -2855,7 +2947,16 @@ const file_infer_service_proto_rawDesc = "" +
 	"avgQueueMs\x12$\n" +
 	"\x0eavg_compute_ms\x18\r \x01(\x01R\favgComputeMs\x12%\n" +
 	"\x0eframes_dropped\x18\x0e \x01(\x04R\rframesDropped\x121\n" +
-	"\x15gpu_memory_used_bytes\x18\x0f \x01(\x03R\x12gpuMemoryUsedBytes\"\x96\x01\n" +
+	"\x15gpu_memory_used_bytes\x18\x0f \x01(\x03R\x12gpuMemoryUsedBytes\x12+\n" +
+	"\x06models\x18\x10 \x03(\v2\x13.infer.ModelMetricsR\x06models\"\x98\x01\n" +
+	"\fModelMetrics\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
+	"\abackend\x18\x02 \x01(\tR\abackend\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12\x1f\n" +
+	"\vbatch_limit\x18\x04 \x01(\x05R\n" +
+	"batchLimit\x12\x1f\n" +
+	"\vqueue_depth\x18\x05 \x01(\x05R\n" +
+	"queueDepth\"\x96\x01\n" +
 	"\x10SubscribeRequest\x12\x1d\n" +
 	"\n" +
 	"camera_ids\x18\x01 \x03(\tR\tcameraIds\x12!\n" +
@@ -2968,7 +3069,7 @@ func file_infer_service_proto_rawDescGZIP() []byte {
 }
 
 var file_infer_service_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_infer_service_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_infer_service_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_infer_service_proto_goTypes = []any{
 	(InferErrorCode)(0),            // 0: infer.InferErrorCode
 	(CameraState)(0),               // 1: infer.CameraState
@@ -3006,22 +3107,23 @@ var file_infer_service_proto_goTypes = []any{
 	(*HealthCheckResponse)(nil),    // 33: infer.HealthCheckResponse
 	(*MetricsRequest)(nil),         // 34: infer.MetricsRequest
 	(*MetricsResponse)(nil),        // 35: infer.MetricsResponse
-	(*SubscribeRequest)(nil),       // 36: infer.SubscribeRequest
-	(*InferResult)(nil),            // 37: infer.InferResult
-	(*StreamFrame)(nil),            // 38: infer.StreamFrame
-	nil,                            // 39: infer.WorkflowSpec.ParamsEntry
-	nil,                            // 40: infer.AddCameraRequest.ConfigEntry
-	nil,                            // 41: infer.CameraInfo.ConfigEntry
+	(*ModelMetrics)(nil),           // 36: infer.ModelMetrics
+	(*SubscribeRequest)(nil),       // 37: infer.SubscribeRequest
+	(*InferResult)(nil),            // 38: infer.InferResult
+	(*StreamFrame)(nil),            // 39: infer.StreamFrame
+	nil,                            // 40: infer.WorkflowSpec.ParamsEntry
+	nil,                            // 41: infer.AddCameraRequest.ConfigEntry
+	nil,                            // 42: infer.CameraInfo.ConfigEntry
 }
 var file_infer_service_proto_depIdxs = []int32{
 	6,  // 0: infer.Zone.points:type_name -> infer.Point
 	7,  // 1: infer.WorkflowSpec.zones:type_name -> infer.Zone
 	8,  // 2: infer.WorkflowSpec.alarm:type_name -> infer.AlarmRule
-	39, // 3: infer.WorkflowSpec.params:type_name -> infer.WorkflowSpec.ParamsEntry
+	40, // 3: infer.WorkflowSpec.params:type_name -> infer.WorkflowSpec.ParamsEntry
 	9,  // 4: infer.WorkflowInfo.spec:type_name -> infer.WorkflowSpec
-	40, // 5: infer.AddCameraRequest.config:type_name -> infer.AddCameraRequest.ConfigEntry
+	41, // 5: infer.AddCameraRequest.config:type_name -> infer.AddCameraRequest.ConfigEntry
 	16, // 6: infer.AddCameraResponse.camera:type_name -> infer.CameraInfo
-	41, // 7: infer.CameraInfo.config:type_name -> infer.CameraInfo.ConfigEntry
+	42, // 7: infer.CameraInfo.config:type_name -> infer.CameraInfo.ConfigEntry
 	1,  // 8: infer.CameraInfo.state:type_name -> infer.CameraState
 	2,  // 9: infer.CameraInfo.error:type_name -> infer.StreamError
 	16, // 10: infer.ListCamerasResponse.cameras:type_name -> infer.CameraInfo
@@ -3032,46 +3134,47 @@ var file_infer_service_proto_depIdxs = []int32{
 	10, // 15: infer.ListWorkflowsResponse.workflows:type_name -> infer.WorkflowInfo
 	3,  // 16: infer.Frame.format:type_name -> infer.PixelFormat
 	26, // 17: infer.InferRequest.frame:type_name -> infer.Frame
-	37, // 18: infer.InferResponse.result:type_name -> infer.InferResult
+	38, // 18: infer.InferResponse.result:type_name -> infer.InferResult
 	26, // 19: infer.InferBatchRequest.frames:type_name -> infer.Frame
-	37, // 20: infer.BatchItem.result:type_name -> infer.InferResult
+	38, // 20: infer.BatchItem.result:type_name -> infer.InferResult
 	0,  // 21: infer.BatchItem.error_code:type_name -> infer.InferErrorCode
 	30, // 22: infer.InferBatchResponse.items:type_name -> infer.BatchItem
 	4,  // 23: infer.HealthCheckResponse.status:type_name -> infer.HealthStatus
-	5,  // 24: infer.InferResult.type:type_name -> infer.ResultType
-	0,  // 25: infer.InferResult.error_code:type_name -> infer.InferErrorCode
-	26, // 26: infer.StreamFrame.frame:type_name -> infer.Frame
-	11, // 27: infer.InferenceService.AddCamera:input_type -> infer.AddCameraRequest
-	13, // 28: infer.InferenceService.RemoveCamera:input_type -> infer.RemoveCameraRequest
-	15, // 29: infer.InferenceService.ListCameras:input_type -> infer.ListCamerasRequest
-	18, // 30: infer.InferenceService.DeployWorkflow:input_type -> infer.DeployWorkflowRequest
-	20, // 31: infer.InferenceService.UpdateWorkflow:input_type -> infer.UpdateWorkflowRequest
-	22, // 32: infer.InferenceService.DeleteWorkflow:input_type -> infer.DeleteWorkflowRequest
-	24, // 33: infer.InferenceService.ListWorkflows:input_type -> infer.ListWorkflowsRequest
-	27, // 34: infer.InferenceService.InferSingleFrame:input_type -> infer.InferRequest
-	29, // 35: infer.InferenceService.InferBatch:input_type -> infer.InferBatchRequest
-	32, // 36: infer.InferenceService.HealthCheck:input_type -> infer.HealthCheckRequest
-	34, // 37: infer.InferenceService.GetMetrics:input_type -> infer.MetricsRequest
-	36, // 38: infer.InferenceService.SubscribeResults:input_type -> infer.SubscribeRequest
-	38, // 39: infer.InferenceService.StreamInfer:input_type -> infer.StreamFrame
-	12, // 40: infer.InferenceService.AddCamera:output_type -> infer.AddCameraResponse
-	14, // 41: infer.InferenceService.RemoveCamera:output_type -> infer.RemoveCameraResponse
-	17, // 42: infer.InferenceService.ListCameras:output_type -> infer.ListCamerasResponse
-	19, // 43: infer.InferenceService.DeployWorkflow:output_type -> infer.DeployWorkflowResponse
-	21, // 44: infer.InferenceService.UpdateWorkflow:output_type -> infer.UpdateWorkflowResponse
-	23, // 45: infer.InferenceService.DeleteWorkflow:output_type -> infer.DeleteWorkflowResponse
-	25, // 46: infer.InferenceService.ListWorkflows:output_type -> infer.ListWorkflowsResponse
-	28, // 47: infer.InferenceService.InferSingleFrame:output_type -> infer.InferResponse
-	31, // 48: infer.InferenceService.InferBatch:output_type -> infer.InferBatchResponse
-	33, // 49: infer.InferenceService.HealthCheck:output_type -> infer.HealthCheckResponse
-	35, // 50: infer.InferenceService.GetMetrics:output_type -> infer.MetricsResponse
-	37, // 51: infer.InferenceService.SubscribeResults:output_type -> infer.InferResult
-	37, // 52: infer.InferenceService.StreamInfer:output_type -> infer.InferResult
-	40, // [40:53] is the sub-list for method output_type
-	27, // [27:40] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	36, // 24: infer.MetricsResponse.models:type_name -> infer.ModelMetrics
+	5,  // 25: infer.InferResult.type:type_name -> infer.ResultType
+	0,  // 26: infer.InferResult.error_code:type_name -> infer.InferErrorCode
+	26, // 27: infer.StreamFrame.frame:type_name -> infer.Frame
+	11, // 28: infer.InferenceService.AddCamera:input_type -> infer.AddCameraRequest
+	13, // 29: infer.InferenceService.RemoveCamera:input_type -> infer.RemoveCameraRequest
+	15, // 30: infer.InferenceService.ListCameras:input_type -> infer.ListCamerasRequest
+	18, // 31: infer.InferenceService.DeployWorkflow:input_type -> infer.DeployWorkflowRequest
+	20, // 32: infer.InferenceService.UpdateWorkflow:input_type -> infer.UpdateWorkflowRequest
+	22, // 33: infer.InferenceService.DeleteWorkflow:input_type -> infer.DeleteWorkflowRequest
+	24, // 34: infer.InferenceService.ListWorkflows:input_type -> infer.ListWorkflowsRequest
+	27, // 35: infer.InferenceService.InferSingleFrame:input_type -> infer.InferRequest
+	29, // 36: infer.InferenceService.InferBatch:input_type -> infer.InferBatchRequest
+	32, // 37: infer.InferenceService.HealthCheck:input_type -> infer.HealthCheckRequest
+	34, // 38: infer.InferenceService.GetMetrics:input_type -> infer.MetricsRequest
+	37, // 39: infer.InferenceService.SubscribeResults:input_type -> infer.SubscribeRequest
+	39, // 40: infer.InferenceService.StreamInfer:input_type -> infer.StreamFrame
+	12, // 41: infer.InferenceService.AddCamera:output_type -> infer.AddCameraResponse
+	14, // 42: infer.InferenceService.RemoveCamera:output_type -> infer.RemoveCameraResponse
+	17, // 43: infer.InferenceService.ListCameras:output_type -> infer.ListCamerasResponse
+	19, // 44: infer.InferenceService.DeployWorkflow:output_type -> infer.DeployWorkflowResponse
+	21, // 45: infer.InferenceService.UpdateWorkflow:output_type -> infer.UpdateWorkflowResponse
+	23, // 46: infer.InferenceService.DeleteWorkflow:output_type -> infer.DeleteWorkflowResponse
+	25, // 47: infer.InferenceService.ListWorkflows:output_type -> infer.ListWorkflowsResponse
+	28, // 48: infer.InferenceService.InferSingleFrame:output_type -> infer.InferResponse
+	31, // 49: infer.InferenceService.InferBatch:output_type -> infer.InferBatchResponse
+	33, // 50: infer.InferenceService.HealthCheck:output_type -> infer.HealthCheckResponse
+	35, // 51: infer.InferenceService.GetMetrics:output_type -> infer.MetricsResponse
+	38, // 52: infer.InferenceService.SubscribeResults:output_type -> infer.InferResult
+	38, // 53: infer.InferenceService.StreamInfer:output_type -> infer.InferResult
+	41, // [41:54] is the sub-list for method output_type
+	28, // [28:41] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_infer_service_proto_init() }
@@ -3085,7 +3188,7 @@ func file_infer_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_infer_service_proto_rawDesc), len(file_infer_service_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ __all__ = (
     "ListWorkflowsResponse",
     "MetricsRequest",
     "MetricsResponse",
+    "ModelMetrics",
     "PixelFormat",
     "Point",
     "RemoveCameraRequest",
@@ -971,8 +972,49 @@ class MetricsResponse(betterproto2.Message):
     GPU memory in use, bytes; -1 when no NVIDIA GPU is present.
     """
 
+    models: "list[ModelMetrics]" = betterproto2.field(16, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Each loaded model with the backend and device it really runs on (after any fallback) and its scheduler
+    queue now; the same models as HealthCheckResponse.models. Empty until a workflow or call needs a model.
+    """
+
 
 default_message_pool.register_message("infer", "MetricsResponse", MetricsResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ModelMetrics(betterproto2.Message):
+    """
+    One loaded model in MetricsResponse.models.
+    """
+
+    model: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The plugin whose model it is, e.g. "person".
+    """
+
+    backend: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The backend it runs on, e.g. "openvino-cpu" or "onnxruntime-cuda".
+    """
+
+    device: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The device, e.g. "CPU (Intel(R) Core(TM) i5-1145G7)", "GPU (Intel(R) Iris(R) Xe Graphics)" or "CUDA:0".
+    """
+
+    batch_limit: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    Frames per execution it may batch now: engine.max_batch_size, lower for a while after an out-of-memory.
+    """
+
+    queue_depth: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    Frames waiting in its queue now.
+    """
+
+
+default_message_pool.register_message("infer", "ModelMetrics", ModelMetrics)
 
 
 @dataclass(eq=False, repr=False)
