@@ -8,8 +8,9 @@ refuses with RESOURCE_EXHAUSTED rather than letting every camera degrade.
     inference: per model queue, sum of sampled fps x seconds per frame  <=  max_load x 1 s per second
                (a queue runs one batch at a time, so 1 s of execution per second is its whole capacity)
 
-A camera counts with what it was measured doing while it streams, else with ASSUMED_* and its fps option. A model
-queue that has never run is not judged (nothing is measured yet): only decode and engine.max_cameras apply then.
+A camera counts with what it was measured doing while it streams; before that with its `expected_stream` option
+(the operator's 'WIDTHxHEIGHT@FPS') if set, else like the streaming cameras on average, else with ASSUMED_*. A
+model queue that has never run is not judged (nothing is measured yet): only decode and engine.max_cameras apply.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class CameraLoad:
     pixels_per_s: float
     sampled_fps: float
     queues: tuple[ModelQueue, ...]
-    measured: bool  # False: the stream has not been seen, the figures are the ASSUMED_* ones
+    measured: bool  # False: the stream has not been seen, the figures are declared or the ASSUMED_* ones
+    declared: bool = False  # not measured yet, the figures are its expected_stream option
 
 
 @dataclass(frozen=True)
@@ -87,14 +89,19 @@ def decode_rate_per_core(default: float) -> tuple[float, bool]:
 
 def camera_load(camera_id: str, options: CameraOptions, status: CameraStatus | None,
                 queues: Sequence[ModelQueue]) -> CameraLoad:
-    """A camera's demand: measured while it streams, ASSUMED_* (and its fps option) before that."""
+    """A camera's demand: measured while it streams; before that its expected_stream option if it has one, else
+    ASSUMED_* (and its fps option)."""
     width, height = _resolution(status.resolution if status else "")
     source_fps = status.fps_in if status is not None and status.state is CameraState.STREAMING else 0.0
     measured = bool(width) and source_fps > 0
-    if not measured:
+    declared = not measured and options.expected_stream is not None
+    if declared:
+        assert options.expected_stream is not None
+        width, height, source_fps = options.expected_stream
+    elif not measured:
         width, height, source_fps = ASSUMED_WIDTH, ASSUMED_HEIGHT, ASSUMED_SOURCE_FPS
-    sampled = min(options.fps, source_fps) if measured else options.fps
-    return CameraLoad(camera_id, width * height * source_fps, sampled, tuple(queues), measured)
+    sampled = min(options.fps, source_fps) if measured or declared else options.fps
+    return CameraLoad(camera_id, width * height * source_fps, sampled, tuple(queues), measured, declared)
 
 
 def runtime_queues(runtime: WorkflowRuntime, all_queues: Iterable[ModelQueue]) -> list[ModelQueue]:
@@ -116,11 +123,16 @@ def assess(new: CameraLoad, others: Sequence[CameraLoad], settings: AdmissionSet
     typical = sum(measured) / len(measured) if measured else None
 
     def pixels(c: CameraLoad) -> float:
-        return c.pixels_per_s if c.measured or typical is None else typical
+        return c.pixels_per_s if c.measured or c.declared or typical is None else typical
 
     need = pixels(new)
-    expected = "like the streaming cameras" if typical is not None else (
-        f"assumed {ASSUMED_WIDTH}x{ASSUMED_HEIGHT} at {ASSUMED_SOURCE_FPS:g} fps until one streams")
+    if new.declared:
+        expected = "as its expected_stream option declares"
+    elif typical is not None:
+        expected = "like the streaming cameras"
+    else:
+        expected = (f"assumed {ASSUMED_WIDTH}x{ASSUMED_HEIGHT} at {ASSUMED_SOURCE_FPS:g} fps until one streams; "
+                    "declare it with the expected_stream option")
     budgets = [Budget(
         name="decode", used=sum(pixels(c) for c in others) / rate, need=need / rate,
         capacity=settings.max_load * settings.cores, unit="cores",

@@ -27,7 +27,7 @@ from edgebox.admission import (
     decode_rate_per_core,
 )
 from edgebox.cameras import CameraState, CameraStatus, decode_meter, parse_camera_options
-from edgebox.client import EdgeboxClientError
+from edgebox.client import EdgeboxClientError, pb
 from edgebox.engine.backends.base import LoadedModel
 from edgebox.engine.scheduler import ModelQueue, QueueSettings
 from edgebox.errors import ErrorCode, ResourceExhausted
@@ -161,6 +161,40 @@ def test_the_first_camera_is_reserved_at_the_assumed_size():
     assert "assumed until measured" in decode.basis
 
 
+def declared(camera_id: str, fps: float, stream: str) -> CameraLoad:
+    return camera_load(camera_id, parse_camera_options({"fps": str(fps), "expected_stream": stream}), None, [])
+
+
+def test_a_burst_of_declared_cameras_on_a_fresh_node_counts_what_they_declare():
+    # 50 cameras added at once to a node where none streams yet: without a declaration each is reserved at
+    # 1280x720@15 and the 14th of these is refused (decode at 100 Mpx/s per core, 1.8 cores); declared as the
+    # 640x360@10 sub-streams they are, all 50 fit.
+    undeclared: list[CameraLoad] = []
+    with pytest.raises(ResourceExhausted, match="declare it with the expected_stream option"):
+        for i in range(50):
+            check(load(f"cam{i}", 2), undeclared, SETTINGS, DECODE_RATE)
+            undeclared.append(load(f"cam{i}", 2))
+    assert len(undeclared) == 13
+    burst: list[CameraLoad] = []
+    for i in range(50):
+        new = declared(f"cam{i}", 2, "640x360@10")
+        [decode] = check(new, burst, SETTINGS, DECODE_RATE)
+        burst.append(new)
+    assert decode.used == pytest.approx(49 * VGA_10 / 100e6) and "expected_stream option declares" in decode.basis
+
+
+def test_a_declared_camera_counts_as_declared_until_it_streams_then_as_measured():
+    cam = declared("cam", 30, "1920x1080@25")
+    assert cam.declared and not cam.measured and cam.sampled_fps == 25.0  # never more than the source gives
+    assert cam.pixels_per_s == 1920 * 1080 * 25
+    # Beside streaming VGA cameras it still counts at its declared size, not at theirs.
+    [decode] = assess(declared("hd", 2, "1920x1080@25"), fleet(3, 2), SETTINGS, DECODE_RATE)
+    assert decode.need == pytest.approx(1920 * 1080 * 25 / 100e6)
+    options = parse_camera_options({"fps": "2", "expected_stream": "1920x1080@25"})
+    cam = camera_load("cam", options, streaming("640x360", fps_in=10.0), [])
+    assert cam.measured and not cam.declared and cam.pixels_per_s == pytest.approx(VGA_10)
+
+
 def test_a_model_that_has_not_run_yet_is_not_judged():
     class NeverRun:  # what ModelQueue reports before its first execution
         mean_frame_s = None
@@ -213,3 +247,19 @@ async def test_add_camera_that_does_not_fit_is_refused_resource_exhausted_throug
         cameras = {c.camera_id for c in await engine.call("list_cameras")}
         assert f"cam{i}" not in cameras and len(cameras) == i - 1
         await engine.call("add_camera", "slow", "demo://empty", "people", {"fps": "0.1"})  # a small one still fits
+
+
+async def test_add_camera_counts_a_declared_stream_refusing_an_8k_one_and_admitting_fifty_sub_streams(tmp_path: Path):
+    async with open_engine(tmp_path, max_cameras=64) as engine:
+        await engine.call("deploy_workflow", pb.WorkflowSpec(workflow_id="moving", plugins=["motion"]))
+        with pytest.raises(EdgeboxClientError) as refused:  # 8K at 60 fps: ~2 Gpx/s, beyond any 2-core box
+            await engine.call("add_camera", "huge", "demo://empty", "moving", {"expected_stream": "7680x4320@60"})
+        assert refused.value.status is Status.RESOURCE_EXHAUSTED
+        assert "as its expected_stream option declares" in refused.value.message
+        for i in range(50):
+            await engine.call("add_camera", f"cam{i:02d}", "demo://empty", "moving",
+                              {"fps": "2", "expected_stream": "640x360@10"})
+        assert len(await engine.call("list_cameras")) == 50
+        with pytest.raises(EdgeboxClientError) as bad:
+            await engine.call("add_camera", "odd", "demo://empty", "moving", {"expected_stream": "640x360"})
+        assert bad.value.status is Status.INVALID_ARGUMENT and "WIDTHxHEIGHT@FPS" in bad.value.message

@@ -7,6 +7,7 @@ anything.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,7 +26,12 @@ CAMERA_CONFIG_KEYS: dict[str, str] = {
     "watchdog_s": "No new frame for this many seconds marks the camera STALLED and reopens it, 1..120 (default 5).",
     "open_timeout_s": "Seconds allowed to connect and open the stream, 1..60 (default 10); RTSP must answer OPTIONS in 2.",
     "max_backoff_s": "Cap of the reconnect back-off (0.5 s doubling), 1..30 (default 30).",
+    "expected_stream": "The stream's size and rate 'WIDTHxHEIGHT@FPS', e.g. '640x360@10': what admission control "
+                       "counts for this camera until it has streamed (default: like the streaming cameras, "
+                       "else 1280x720@15).",
 }
+EXPECTED_SIDE_RANGE = (16, 16384)
+EXPECTED_FPS_RANGE = (0.1, 240.0)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class CameraOptions:
     watchdog_s: float = 5.0
     open_timeout_s: float = 10.0
     max_backoff_s: float = 30.0
+    expected_stream: tuple[int, int, float] | None = None  # (width, height, source fps) declared by the operator
 
 
 def parse_camera_options(config: Mapping[str, str]) -> CameraOptions:
@@ -72,7 +79,22 @@ def parse_camera_options(config: Mapping[str, str]) -> CameraOptions:
         values["transport"] = transport
     if "roi" in config:
         values["roi"] = _roi(config["roi"])
+    if "expected_stream" in config:
+        values["expected_stream"] = _expected_stream(config["expected_stream"])
     return CameraOptions(**values)  # type: ignore[arg-type]
+
+
+def _expected_stream(raw: str) -> tuple[int, int, float]:
+    (low, high), (fps_low, fps_high) = EXPECTED_SIDE_RANGE, EXPECTED_FPS_RANGE
+    rule = (f"expected 'WIDTHxHEIGHT@FPS' such as '640x360@10', sides {low}..{high} pixels, "
+            f"fps {fps_low:g}..{fps_high:g}")
+    match = re.fullmatch(r"\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*@\s*(\d{1,4}(?:\.\d{1,4})?)\s*", str(raw))
+    if match is None:
+        raise InvalidRequest(f"camera option 'expected_stream' = {str(raw)[:40]!r} is malformed; {rule}")
+    width, height, fps = int(match.group(1)), int(match.group(2)), float(match.group(3))
+    if not (low <= width <= high and low <= height <= high and fps_low <= fps <= fps_high):
+        raise InvalidRequest(f"camera option 'expected_stream' = {raw!r} is out of range; {rule}")
+    return width, height, fps
 
 
 def _number(key: str, raw: str, limits: tuple[float, float]) -> float:

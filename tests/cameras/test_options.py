@@ -26,8 +26,9 @@ def test_empty_config_gives_documented_defaults():
 
 def test_every_key_parses():
     options = parse_camera_options({"fps": "12.5", "roi": "0.1, 0.2, 0.5, 0.8", "transport": "UDP",
-                                    "watchdog_s": "3", "open_timeout_s": "4", "max_backoff_s": "8"})
-    assert options == CameraOptions(12.5, Roi(0.1, 0.2, 0.5, 0.8), "udp", 3.0, 4.0, 8.0)
+                                    "watchdog_s": "3", "open_timeout_s": "4", "max_backoff_s": "8",
+                                    "expected_stream": "640x360@10"})
+    assert options == CameraOptions(12.5, Roi(0.1, 0.2, 0.5, 0.8), "udp", 3.0, 4.0, 8.0, (640, 360, 10.0))
 
 
 def test_config_keys_doc_covers_exactly_the_options():
@@ -63,6 +64,21 @@ def test_bad_roi_is_rejected_with_the_rule(roi):
     with pytest.raises(InvalidRequest) as info:
         parse_camera_options({"roi": roi})
     assert "'roi'" in info.value.message and repr(roi) in info.value.message and "x+w<=1" in info.value.message
+
+
+@pytest.mark.parametrize(("raw", "parsed"), [("640x360@10", (640, 360, 10.0)), (" 1920X1080 @ 29.97 ", (1920, 1080, 29.97)),
+                                           ("16x16@0.1", (16, 16, 0.1))])
+def test_expected_stream_parses_size_and_rate(raw, parsed):
+    assert parse_camera_options({"expected_stream": raw}).expected_stream == parsed
+
+
+@pytest.mark.parametrize("raw", ["640x360", "640*360@10", "x360@10", "640x360@", "15x360@10", "640x99999@10",
+                                 "640x360@0", "640x360@241", "640x360@-5", "9" * 5000 + "x1@1", ""])
+def test_bad_expected_stream_is_rejected_with_the_rule(raw):
+    with pytest.raises(InvalidRequest, match=r"'expected_stream' = .* is (malformed|out of range); expected "
+                                             r"'WIDTHxHEIGHT@FPS'") as refused:
+        parse_camera_options({"expected_stream": raw})
+    assert len(refused.value.message) < 200  # a huge value is not echoed whole
 
 
 def test_roi_touching_the_far_edges_is_accepted():

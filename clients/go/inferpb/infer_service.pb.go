@@ -808,7 +808,8 @@ type AddCameraRequest struct {
 	// Workflow applied to the camera's frames; must be deployed.
 	WorkflowId string `protobuf:"bytes,3,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
 	// Per-camera options, all optional: "fps" (sampling rate, default 5), "roi" ("x,y,w,h" normalized crop),
-	// "transport" ("tcp" default, or "udp"), "watchdog_s", "open_timeout_s", "max_backoff_s" (<= 30).
+	// "transport" ("tcp" default, or "udp"), "watchdog_s", "open_timeout_s", "max_backoff_s" (<= 30),
+	// "expected_stream" ("640x360@10": what admission control counts until the camera streams).
 	// Unknown keys are refused with INVALID_REQUEST. Full list in docs/api.md.
 	Config        map[string]string `protobuf:"bytes,4,rep,name=config,proto3" json:"config,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields

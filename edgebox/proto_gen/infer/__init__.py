@@ -320,7 +320,8 @@ class AddCameraRequest(betterproto2.Message):
     )
     """
     Per-camera options, all optional: "fps" (sampling rate, default 5), "roi" ("x,y,w,h" normalized crop),
-    "transport" ("tcp" default, or "udp"), "watchdog_s", "open_timeout_s", "max_backoff_s" (<= 30).
+    "transport" ("tcp" default, or "udp"), "watchdog_s", "open_timeout_s", "max_backoff_s" (<= 30),
+    "expected_stream" ("640x360@10": what admission control counts until the camera streams).
     Unknown keys are refused with INVALID_REQUEST. Full list in docs/api.md.
     """
 
