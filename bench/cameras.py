@@ -201,7 +201,10 @@ async def run_step(client: EdgeboxClient, n: int, args: argparse.Namespace, urls
         if camera_id in existing:
             continue
         try:
-            await client.add_camera(camera_id, urls[i % len(urls)], "people", {"fps": f"{args.fps:g}"})
+            # The mounts' profile, declared as an operator would, so that admission counts what the cameras are
+            # before they stream (else a fresh engine reserves 1280x720@15 for each one of a burst).
+            await client.add_camera(camera_id, urls[i % len(urls)], "people",
+                                    {"fps": f"{args.fps:g}", "expected_stream": "640x360@10"})
         except EdgeboxClientError as exc:
             step.refused = f"AddCamera of camera {i + 1} refused: {exc.message}"
             return step
