@@ -93,7 +93,7 @@ def _expected_stream(raw: str) -> tuple[int, int, float]:
         raise InvalidRequest(f"camera option 'expected_stream' = {str(raw)[:40]!r} is malformed; {rule}")
     width, height, fps = int(match.group(1)), int(match.group(2)), float(match.group(3))
     if not (low <= width <= high and low <= height <= high and fps_low <= fps <= fps_high):
-        raise InvalidRequest(f"camera option 'expected_stream' = {raw!r} is out of range; {rule}")
+        raise InvalidRequest(f"camera option 'expected_stream' = {str(raw)[:40]!r} is out of range; {rule}")
     return width, height, fps
 
 
