@@ -39,72 +39,70 @@ def preflight_failure(parts: SplitResult, timeout: float) -> StreamFailure | Non
     later then meets the teardown and gets 503 (measured: 3 of 10 opens on the test server). OPTIONS touches no
     media; 404 and 401 are told apart by probe_failure after a failed open.
     """
-    where = f"{parts.hostname or ''}:{parts.port or DEFAULT_PORTS[parts.scheme]}"
-    try:
-        sock = _connect(parts, timeout)
-    except _Unreachable as unreachable:
-        return unreachable.failure
+    sock = _connect(parts, timeout)
+    if isinstance(sock, StreamFailure):
+        return sock
     try:
         if parts.scheme == "rtsps":
             sock = _tls(sock, parts.hostname or "")
-        uri = parts._replace(netloc=parts.netloc.rpartition("@")[2], fragment="").geturl()
-        _rtsp_request(sock, "OPTIONS", uri, 1, None)
+        _rtsp_request(sock, "OPTIONS", _rtsp_uri(parts), 1, None)
         return None
     except TimeoutError:
-        return StreamFailure(StreamError.TIMEOUT, f"{where} accepted the connection but did not answer "
-                                                  f"within {timeout:.1f} s")
+        return _no_answer(parts, timeout)
     except (OSError, ValueError):
         return None  # something answered, or the connection broke: FFmpeg's open and probe_failure tell which
     finally:
         sock.close()
 
 
-class _Unreachable(Exception):
-    def __init__(self, failure: StreamFailure) -> None:
-        super().__init__(failure.message)
-        self.failure = failure
-
-
-def _connect(parts: SplitResult, timeout: float) -> socket.socket:
-    host, port = parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme]
-    where = f"{host}:{port}"
-    try:
-        return socket.create_connection((host, port), timeout=timeout)
-    except socket.gaierror:
-        raise _Unreachable(StreamFailure(StreamError.NOT_FOUND, f"host name {host!r} does not resolve")) from None
-    except ConnectionRefusedError:
-        raise _Unreachable(StreamFailure(StreamError.REFUSED, f"connection refused by {where} (nothing listening)"
-                                         )) from None
-    except TimeoutError:
-        raise _Unreachable(StreamFailure(StreamError.TIMEOUT, f"no answer from {where} within {timeout:.1f} s")
-                           ) from None
-    except OSError as exc:
-        raise _Unreachable(StreamFailure(StreamError.TIMEOUT, f"cannot reach {where}: {exc.strerror or exc}")
-                           ) from None
-
-
 def probe_failure(parts: SplitResult, timeout: float) -> StreamFailure:
     """Classify a network source that failed to open; returns (does not raise) the StreamFailure."""
-    host = parts.hostname or ""
-    where = f"{host}:{parts.port or DEFAULT_PORTS[parts.scheme]}"
-    try:
-        sock = _connect(parts, timeout)
-    except _Unreachable as unreachable:
-        return unreachable.failure
+    sock = _connect(parts, timeout)
+    if isinstance(sock, StreamFailure):
+        return sock
+    where = _where(parts)
     try:
         if parts.scheme in ("rtsps", "https"):
-            sock = _tls(sock, host)
+            sock = _tls(sock, parts.hostname or "")
         if parts.scheme in ("rtsp", "rtsps"):
             return _probe_rtsp(sock, parts, where)
         sock.close()
         return _probe_http(parts, where, timeout)
     except TimeoutError:
-        return StreamFailure(StreamError.TIMEOUT, f"{where} accepted the connection but did not answer "
-                                                  f"within {timeout:.1f} s")
+        return _no_answer(parts, timeout)
     except (OSError, ValueError, http.client.HTTPException) as exc:
         return StreamFailure(StreamError.OTHER, f"{where}: {type(exc).__name__}: {exc}")
     finally:
         sock.close()
+
+
+def _where(parts: SplitResult) -> str:
+    return f"{parts.hostname or ''}:{parts.port or DEFAULT_PORTS[parts.scheme]}"
+
+
+def _rtsp_uri(parts: SplitResult) -> str:
+    """The URL as sent in an RTSP request line: without credentials or fragment."""
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2], fragment="").geturl()
+
+
+def _no_answer(parts: SplitResult, timeout: float) -> StreamFailure:
+    return StreamFailure(StreamError.TIMEOUT, f"{_where(parts)} accepted the connection but did not answer "
+                                              f"within {timeout:.1f} s")
+
+
+def _connect(parts: SplitResult, timeout: float) -> socket.socket | StreamFailure:
+    """A TCP connection to the URL's host and port, or the failure that says why there is none."""
+    host, port, where = parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme], _where(parts)
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror:
+        return StreamFailure(StreamError.NOT_FOUND, f"host name {host!r} does not resolve")
+    except ConnectionRefusedError:
+        return StreamFailure(StreamError.REFUSED, f"connection refused by {where} (nothing listening)")
+    except TimeoutError:
+        return StreamFailure(StreamError.TIMEOUT, f"no answer from {where} within {timeout:.1f} s")
+    except OSError as exc:
+        return StreamFailure(StreamError.TIMEOUT, f"cannot reach {where}: {exc.strerror or exc}")
 
 
 def _tls(sock: socket.socket, host: str) -> ssl.SSLSocket:
@@ -112,7 +110,7 @@ def _tls(sock: socket.socket, host: str) -> ssl.SSLSocket:
 
 
 def _probe_rtsp(sock: socket.socket, parts: SplitResult, where: str) -> StreamFailure:
-    uri = parts._replace(netloc=parts.netloc.rpartition("@")[2], fragment="").geturl()
+    uri = _rtsp_uri(parts)
     status, reason, headers, body = _rtsp_request(sock, "DESCRIBE", uri, 1, None)
     creds = credentials(parts)
     if status == 401 and creds is not None:
