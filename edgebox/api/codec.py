@@ -19,7 +19,7 @@ from edgebox.errors import InvalidRequest
 
 # The wire type each proto type must arrive with. betterproto2's parser does not check it (a message field sent
 # as a varint decodes to an int, a length past the end is cut short), so requests are checked here first.
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+WIRE_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _WIRE_TYPE = {
     **dict.fromkeys(("string", "bytes", "message", "map"), _LEN),
     **dict.fromkeys(("float", "fixed32", "sfixed32"), _FIXED32),
@@ -75,7 +75,7 @@ _ONE_BYTE = tuple(bytes((i,)) for i in range(128))
 _KEYS: dict[tuple[int, int], bytes] = {}
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
     """A non-negative int as a protobuf varint."""
     if value < 128:
         return _ONE_BYTE[value]
@@ -87,10 +87,11 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _key(number: int, wire: int) -> bytes:
+def field_key(number: int, wire: int) -> bytes:
+    """The tag bytes of field `number` with wire type `wire` (cached)."""
     key = _KEYS.get((number, wire))
     if key is None:
-        key = _KEYS[(number, wire)] = _encode_varint((number << 3) | wire)
+        key = _KEYS[(number, wire)] = encode_varint((number << 3) | wire)
     return key
 
 
@@ -98,7 +99,7 @@ def _payload(proto_type: str, value: Any) -> bytes | None:
     """The value's bytes without key (and length), for the common types; None for betterproto2 to do."""
     if proto_type in _PLAIN_VARINT_TYPES:
         number = int(value)
-        return _encode_varint(number) if number >= 0 else None
+        return encode_varint(number) if number >= 0 else None
     if proto_type == "double":
         return _DOUBLE.pack(value)
     if proto_type == "float":
@@ -111,15 +112,15 @@ def _single(field: Any, value: Any) -> bytes:
     if field.unwrap is None:
         if proto_type == "string":
             data = value.encode("utf-8")
-            return _key(field.number, _LEN) + _encode_varint(len(data)) + data
+            return field_key(field.number, _LEN) + encode_varint(len(data)) + data
         if proto_type == TYPE_MESSAGE and isinstance(value, betterproto2.Message):
             data = encode_message(value)
-            return _key(field.number, _LEN) + _encode_varint(len(data)) + data
+            return field_key(field.number, _LEN) + encode_varint(len(data)) + data
         if proto_type == TYPE_BYTES:
-            return _key(field.number, _LEN) + _encode_varint(len(value)) + bytes(value)
+            return field_key(field.number, _LEN) + encode_varint(len(value)) + bytes(value)
         payload = _payload(proto_type, value)
         if payload is not None:
-            return _key(field.number, _WIRE_TYPE.get(proto_type, _VARINT)) + payload
+            return field_key(field.number, _WIRE_TYPE.get(proto_type, WIRE_VARINT)) + payload
     return _serialize_single(field.number, proto_type, value, unwrap=field.unwrap)
 
 
@@ -140,7 +141,7 @@ def encode_message(message: betterproto2.Message) -> bytes:
                 for item in value:
                     payload = _payload(field.proto_type, item)
                     packed += payload if payload is not None else _preprocess_single(field.proto_type, None, item)
-                out += _key(field.number, _LEN) + _encode_varint(len(packed)) + packed
+                out += field_key(field.number, _LEN) + encode_varint(len(packed)) + packed
             else:
                 for item in value:
                     out += _single(field, item)
@@ -148,7 +149,7 @@ def encode_message(message: betterproto2.Message) -> bytes:
             key_meta, value_meta = field.map_meta
             for k, v in value.items():
                 entry = _single(key_meta, k) + _single(value_meta, v)
-                out += _key(field.number, _LEN) + _encode_varint(len(entry)) + entry
+                out += field_key(field.number, _LEN) + encode_varint(len(entry)) + entry
         else:
             out += _single(field, value)
     out += message._unknown_fields
@@ -179,7 +180,7 @@ def check_wire_format(data: memoryview, message_type: Any, depth: int = 0) -> No
         if number == 0:
             raise ValueError("field number 0 is not allowed")
         start = i
-        if wire == _VARINT:
+        if wire == WIRE_VARINT:
             _, i = _varint(data, i)
         elif wire in (_FIXED64, _FIXED32):
             i += 8 if wire == _FIXED64 else 4
@@ -194,7 +195,7 @@ def check_wire_format(data: memoryview, message_type: Any, depth: int = 0) -> No
         if name is None:
             continue  # an unknown field is kept, as protobuf does
         field = meta.meta_by_field_name[name]
-        expected = _WIRE_TYPE.get(field.proto_type, _VARINT)
+        expected = _WIRE_TYPE.get(field.proto_type, WIRE_VARINT)
         if wire == expected:
             if field.proto_type in ("message", "map"):
                 check_wire_format(data[start:i], meta.cls_by_field[name], depth + 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgebox.api.codec import encode_message
+from edgebox.api.codec import WIRE_VARINT, encode_message, encode_varint, field_key
 from edgebox.cameras import mask_url
 from edgebox.fleet import Camera
 from edgebox.node import ClientFrame, Health, MetricsSnapshot
@@ -140,12 +140,4 @@ def metrics_response(m: MetricsSnapshot) -> pb.MetricsResponse:
 
 def missed_suffix(missed: int) -> bytes:
     """Field 10 (missed_before) encoded alone; appended to shared bytes it sets the field (proto merge rule)."""
-    out = bytearray([10 << 3])
-    while True:
-        byte = missed & 0x7F
-        missed >>= 7
-        if missed:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    return field_key(10, WIRE_VARINT) + encode_varint(missed)

@@ -110,3 +110,12 @@ def scalar_message(draw: st.DrawFn) -> Any:
 @given(scalar_message())
 def test_encode_message_matches_betterproto2_bytes_for_any_scalar_values(message: Any) -> None:
     assert encode_message(message) == bytes(message)
+
+
+@pytest.mark.parametrize("missed", [0, 1, 127, 128, 300, 2**40])
+def test_missed_suffix_appended_to_encoded_result_sets_missed_before(missed: int) -> None:
+    from edgebox.api.convert import missed_suffix
+
+    shared = encode_message(infer.InferResult(camera_id="cam", frame_seq=7))
+    parsed = infer.InferResult.FromString(shared + missed_suffix(missed))
+    assert (parsed.camera_id, parsed.frame_seq, parsed.missed_before) == ("cam", 7, missed)
