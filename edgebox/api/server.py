@@ -22,6 +22,7 @@ from grpclib.health.service import OVERALL, Health
 
 from edgebox.api.codec import MalformedMessage, PreEncodedProtoCodec
 from edgebox.api.service import CallTracker, InferenceService
+from edgebox.api.write_coalescing import CoalescingServer
 from edgebox.bridge import Bridge, open_bridge
 from edgebox.config import GrpcConfig, TlsConfig
 from edgebox.errors import ResourceExhausted
@@ -136,8 +137,8 @@ async def open_grpc_server(config: GrpcConfig, node: Node) -> AsyncIterator[Grpc
             service = InferenceService(node, bridge, tracker)
             health_status = ServiceStatus()
             health = Health({service: [health_status], OVERALL: [health_status]})
-            server = grpclib.server.Server([service, health], codec=PreEncodedProtoCodec(),
-                                           status_details_codec=ProtoStatusDetailsCodec())
+            server = CoalescingServer([service, health], codec=PreEncodedProtoCodec(),
+                                      status_details_codec=ProtoStatusDetailsCodec())
             await server.start(config.host, config.port, ssl=ssl_context, reuse_address=True)
             port = server._server.sockets[0].getsockname()[1]  # grpclib does not expose the bound port
             return GrpcServer(bridge, server, tracker, health_status, config.host, port)
