@@ -1,13 +1,16 @@
 """Inference throughput: the raw backend beside edgebox's scheduler and beside end-to-end gRPC, in one table.
 
     .venv/bin/python bench/inference.py [--quick] [--batches 1,2,4,8] [--backends openvino-cpu] [--models person]
+                                        [--cpu-executions 1,2]
 
 For each usable backend (onnxruntime-cpu, openvino-cpu; onnxruntime-cuda and onnxruntime-tensorrt where usable),
 each model (person, face) and each batch size it measures frames/s and latency four ways, one right after the
 other, on the same preprocessed astronaut photo:
 
   raw      LoadedModel.run on a stacked batch in a tight loop (the ceiling; measured before and after the rest,
-           and averaged, so that a drift of the machine's load hits both sides of the ratio alike)
+           and averaged, so that a drift of the machine's load hits both sides of the ratio alike); on CPU
+           backends in as many threads at once as the engine runs batches (engine.cpu_executions, `x2` in
+           the table)
   sched    edgebox's ModelQueue in this process with max_batch_size = batch and 2 x batch concurrent submitters
   grpc-b   a real engine subprocess (engine.max_batch_size = batch) on loopback: 2 InferBatch calls of `batch`
            JPEG frames in flight; includes JPEG decode, preprocessing, postprocessing and protobuf both ways
@@ -45,8 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgebox.client import EdgeboxClient, pb
+from edgebox.config import EngineConfig
 from edgebox.engine.backends import BACKEND_LOADERS, LoadedModel, LoadOptions
 from edgebox.engine.hardware import cpu_name, detect_hardware
+from edgebox.engine.models import cpu_executions
 from edgebox.engine.scheduler import ModelQueue, QueueSettings
 from edgebox.metrics import Metrics
 from edgebox.plugins_loader import builtin_plugin_dir, load_plugins
@@ -123,17 +128,31 @@ def _pct(values: list[float], q: float) -> float:
 
 # -- raw and in-process scheduler ----------------------------------------------------------------------------
 def measure_raw(model: LoadedModel, tensor: np.ndarray, batch: int, warmup: float, duration: float) -> Measurement:
+    """`model.parallel` threads each running the stacked batch back to back, as many as the engine runs at once."""
     stacked = np.stack([tensor] * batch)
     samples = Samples()
-    start = time.perf_counter()
-    while time.perf_counter() < start + warmup:
-        model.run(stacked)
-    cpu = cpu_seconds()
-    while not _enough(samples, start + warmup, duration, batch):
-        started = time.perf_counter()
-        model.run(stacked)
-        samples.add(started, batch)
+    state = {"measuring": False, "stop": False}
+
+    def loop() -> None:
+        while not state["stop"]:
+            started = time.perf_counter()
+            model.run(stacked)
+            if state["measuring"]:
+                samples.add(started, batch)
+
+    runners = [threading.Thread(target=loop) for _ in range(model.parallel)]
+    for runner in runners:
+        runner.start()
+    time.sleep(warmup)
+    since, cpu = time.perf_counter(), cpu_seconds()
+    state["measuring"] = True
+    while not _enough(samples, since, duration, batch):
+        time.sleep(0.01)
+    state["measuring"] = False
     samples.cpu_s = cpu_seconds() - cpu
+    state["stop"] = True
+    for runner in runners:
+        runner.join()
     return summarize(samples)
 
 
@@ -183,12 +202,13 @@ def measure_scheduler(model: LoadedModel, tensor: np.ndarray, batch: int, warmup
 class Engine:
     """An `edgebox` subprocess on loopback with one workflow per (backend, model)."""
 
-    def __init__(self, batch: int, tmp: Path) -> None:
-        config = tmp / f"engine-{batch}.json"
+    def __init__(self, batch: int, tmp: Path, cpu_executions: int) -> None:
+        name = f"{batch}-{cpu_executions}"
+        config = tmp / f"engine-{name}.json"
         config.write_text(json.dumps({"console": {"enabled": False}, "log_level": "WARNING",
-                                      "engine": {"max_batch_size": batch}}))
+                                      "engine": {"max_batch_size": batch, "cpu_executions": cpu_executions}}))
         cmd = [str(Path(sys.executable).parent / "edgebox"), "--config", str(config), "--grpc_port", "0",
-               "--data_dir", str(tmp / f"data-{batch}")]
+               "--data_dir", str(tmp / f"data-{name}")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
@@ -318,23 +338,29 @@ def run(args: argparse.Namespace) -> list[Row]:
     tensors = {m: registry.get(m).preprocess(image, {})[0] for m in args.models}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edgebox-bench-") as tmp:
-        # TensorRT needs an engine folder and its largest batch size up front; the other backends ignore both.
-        options = LoadOptions(max_batch_size=max(args.batches), cache_dir=Path(tmp) / "raw-engines")
-        loaded = {(b, m): BACKEND_LOADERS[b](registry.get(m).model, options) for b in backends for m in args.models}
-        for batch in args.batches:
-            engine = Engine(batch, Path(tmp))
-            try:
-                workflows = {(b, m): asyncio.run(engine.deploy(b, m, jpeg)) for b in backends for m in args.models}
-                for backend in backends:
-                    for name in args.models:
-                        row = Row(backend, name, batch, [
-                            measure_cell(args, engine, workflows[(backend, name)], loaded[(backend, name)],
-                                         tensors[name], jpeg, batch) for _ in range(args.repeat)])
-                        rows.append(row)
-                        print(f"# {backend} {name} batch {batch}: raw {row.results['raw'].fps:.1f} fps, "
-                              + ", ".join(f"{m} {row.ratio(m):.2f}" for m in MODES[1:]), flush=True)
-            finally:
-                engine.stop()
+        for executions in args.cpu_executions:
+            # TensorRT needs an engine folder and its largest batch size up front; the other backends ignore both.
+            # Raw runs as many batches at once as the engine will (engine.cpu_executions, the same value).
+            options = LoadOptions(max_batch_size=max(args.batches), cache_dir=Path(tmp) / "raw-engines",
+                                  cpu_executions=executions or cpu_executions(EngineConfig()))
+            loaded = {(b, m): BACKEND_LOADERS[b](registry.get(m).model, options)
+                      for b in backends for m in args.models}
+            for batch in args.batches:
+                engine = Engine(batch, Path(tmp), executions)
+                try:
+                    workflows = {(b, m): asyncio.run(engine.deploy(b, m, jpeg)) for b in backends for m in args.models}
+                    for backend in backends:
+                        for name in args.models:
+                            model = loaded[(backend, name)]
+                            label = f"{backend} x{model.parallel}" if backend.endswith("-cpu") else backend
+                            row = Row(label, name, batch, [
+                                measure_cell(args, engine, workflows[(backend, name)], model, tensors[name], jpeg,
+                                             batch) for _ in range(args.repeat)])
+                            rows.append(row)
+                            print(f"# {label} {name} batch {batch}: raw {row.results['raw'].fps:.1f} fps, "
+                                  + ", ".join(f"{m} {row.ratio(m):.2f}" for m in MODES[1:]), flush=True)
+                finally:
+                    engine.stop()
     return rows
 
 
@@ -391,11 +417,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.0, help="seconds before measuring (default 0.4, quick 0.3)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds per cell; ratios are the median of per-round ratios (for noisy machines)")
+    parser.add_argument("--cpu-executions", default="0",
+                        help="comma-separated engine.cpu_executions values, each measured in turn (raw alike); "
+                             "0 = the engine's default")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
     args.batches = [int(b) for b in (args.batches or ("1,4" if args.quick else "1,2,4,8")).split(",")]
     args.backends = args.backends.split(",")
     args.models = args.models.split(",")
+    args.cpu_executions = [int(v) for v in args.cpu_executions.split(",")]
     args.duration = args.duration or (0.8 if args.quick else 2.0)
     args.warmup = args.warmup or (0.3 if args.quick else 0.4)
     started = time.monotonic()

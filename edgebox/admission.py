@@ -15,11 +15,11 @@ model queue that has never run is not judged (nothing is measured yet): only dec
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from edgebox.cameras import CameraOptions, CameraState, CameraStatus, decode_meter
+from edgebox.engine.hardware import usable_cores
 from edgebox.engine.scheduler import ModelQueue
 from edgebox.errors import ResourceExhausted
 from edgebox.workflows.runtime import WorkflowRuntime
@@ -70,13 +70,6 @@ class AdmissionSettings:
     max_load: float  # fraction of each capacity that cameras may use; 0 disables admission control
     cores: int
     default_decode_rate: float = DEFAULT_DECODE_PIXELS_PER_CORE_S
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
 
 
 def decode_rate_per_core(default: float) -> tuple[float, bool]:
@@ -145,9 +138,10 @@ def assess(new: CameraLoad, others: Sequence[CameraLoad], settings: AdmissionSet
         demand = sum(c.sampled_fps for c in others if queue in c.queues)
         budgets.append(Budget(
             name=f"inference ({queue.model_name} on {queue.model.backend})", used=demand * frame_s,
-            need=new.sampled_fps * frame_s, capacity=settings.max_load, unit="s of execution per s",
+            need=new.sampled_fps * frame_s, capacity=settings.max_load * queue.parallel,
+            unit="s of execution per s",
             basis=f"cameras sample {demand:.1f} frames/s, this one {new.sampled_fps:g}, at "
-                  f"{frame_s * 1000:.1f} ms per frame (measured)"))
+                  f"{frame_s * 1000:.1f} ms per frame (measured), {queue.parallel} execution(s) at once"))
     return budgets
 
 

@@ -72,6 +72,8 @@ class EngineConfig:
     inference_timeout_s: float = 10.0
     # Threads each backend may use; 0 = let the backend decide.
     threads: int = 0
+    # Batches a CPU backend runs at once, each on its share of the threads; 0 = 2 where there are 2 cores or more.
+    cpu_executions: int = 0
     # onnxruntime-tensorrt only: build engines in FP16 (faster on most GPUs, outputs differ slightly from FP32).
     tensorrt_fp16: bool = False
     # Cameras this node accepts; AddCamera beyond it gets RESOURCE_EXHAUSTED.
@@ -253,6 +255,7 @@ def _parse_engine(sec: _Section | None) -> EngineConfig:
         queue_capacity=sec.get("queue_capacity", int, d.queue_capacity, _in_range(1, 100_000)),
         inference_timeout_s=sec.get("inference_timeout_s", float, d.inference_timeout_s, _in_range(0.01, 600)),
         threads=sec.get("threads", int, d.threads, _in_range(0, 256)),
+        cpu_executions=sec.get("cpu_executions", int, d.cpu_executions, _in_range(0, 64)),
         tensorrt_fp16=sec.get("tensorrt_fp16", bool, d.tensorrt_fp16),
         max_cameras=sec.get("max_cameras", int, d.max_cameras, _in_range(0, 10_000)),
         admission_max_load=sec.get("admission_max_load", float, d.admission_max_load, _in_range(0, 10)),

@@ -39,7 +39,7 @@ DECODE_RATE = (100e6, True)  # 100 Mpx/s per core
 VGA_10 = 640 * 360 * 10.0  # a 640x360 stream at 10 fps, in pixels per second
 
 
-async def measured_queue(nursery: trio.Nursery, frame_s: float, name: str = "person") -> ModelQueue:
+async def measured_queue(nursery: trio.Nursery, frame_s: float, name: str = "person", parallel: int = 1) -> ModelQueue:
     """A real ModelQueue whose backend takes `frame_s` per frame, measured by two executions (the first one at a
     batch size is not counted: it stands for one-time setup)."""
 
@@ -47,7 +47,7 @@ async def measured_queue(nursery: trio.Nursery, frame_s: float, name: str = "per
         await trio.sleep(frame_s * len(batch))
         return [np.zeros((len(batch), 1), np.float32)]
 
-    model = LoadedModel("openvino-cpu", "CPU (test)", run=lambda batch: [], run_async=run_async)
+    model = LoadedModel("openvino-cpu", "CPU (test)", run=lambda batch: [], run_async=run_async, parallel=parallel)
     settings = QueueSettings(max_batch_size=8, max_queue_delay_s=0.0, capacity=16, timeout_s=10.0)
     queue = ModelQueue(name, model, settings, Metrics())
     await nursery.start(queue.run)
@@ -128,6 +128,16 @@ async def test_refused_when_the_model_queue_would_pass_max_load(nursery, autojum
     assert "engine.admission_max_load" in message and "fps" in message
     assert refused.value.code is ErrorCode.RESOURCE_EXHAUSTED
     check(load("cam12", 0.25, [queue]), others, SETTINGS, DECODE_RATE)  # at 0.25 fps it fits: 0.89
+
+
+async def test_a_model_running_two_batches_at_once_has_twice_the_execution_time_to_give(nursery, autojump_clock):
+    queue = await measured_queue(nursery, 0.040, parallel=2)  # 40 ms per frame in each of two executions
+    others = fleet(11, 2, [queue])  # 22 frames/s = 0.88 s of execution per s, of 2 x 0.9
+    [_, inference] = check(load("cam12", 2, [queue]), others, SETTINGS, DECODE_RATE)
+    assert inference.fits and inference.capacity == pytest.approx(1.8)
+    assert "2 execution(s) at once" in inference.basis
+    with pytest.raises(ResourceExhausted, match="1.76 of 1.80"):
+        check(load("cam23", 2, [queue]), fleet(22, 2, [queue]), SETTINGS, DECODE_RATE)
 
 
 async def test_only_the_cameras_on_the_same_model_queue_count(nursery, autojump_clock):

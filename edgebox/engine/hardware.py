@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import platform
 from dataclasses import dataclass
 
@@ -110,6 +111,14 @@ def cuda_gpu_identity(ordinal: int = 0) -> GpuIdentity | None:
 def cuda_device_count() -> int:
     """Number of CUDA devices the driver reports; 0 when there is no driver (it never raises)."""
     return cuda_driver().devices
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 @functools.cache

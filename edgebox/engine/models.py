@@ -18,13 +18,20 @@ import trio
 
 from edgebox.config import EngineConfig
 from edgebox.engine.backends import BACKEND_LOADERS, LoadedModel, LoadOptions
-from edgebox.engine.hardware import Hardware, backend_candidates
+from edgebox.engine.hardware import Hardware, backend_candidates, usable_cores
 from edgebox.engine.scheduler import ModelQueue, QueueSettings
 from edgebox.errors import BackendInitFailed, EdgeboxError
 from edgebox.metrics import Metrics
 from edgebox.plugin_api import Plugin
 
 log = logging.getLogger("edgebox.engine.models")
+
+
+def cpu_executions(config: EngineConfig) -> int:
+    """Batches a CPU backend runs at once: the config's `cpu_executions`, or by default 2 on 2 cores or more (two
+    runs sharing the cores made up to 1.5x the raw frames/s of one run on all of them, and 1.1-1.3x end to end:
+    docs/benchmarks.md#inference)."""
+    return config.cpu_executions or (2 if usable_cores() >= 2 else 1)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ class ModelPool:
                  cache_dir: Path | None = None) -> None:
         """`cache_dir`: the node's folder for compiled engines (`<data_dir>/engines`); None keeps none."""
         self._config = config
-        self._load_options = LoadOptions(threads=config.threads, max_batch_size=config.max_batch_size,
+        self._load_options = LoadOptions(threads=config.threads, cpu_executions=cpu_executions(config),
+                                         max_batch_size=config.max_batch_size,
                                          cache_dir=cache_dir, tensorrt_fp16=config.tensorrt_fp16)
         self._hardware = hardware
         self._metrics = metrics
@@ -121,7 +129,7 @@ class ModelPool:
                 queue = ModelQueue(plugin.name, model, self.settings, self._metrics)
                 await self._nursery.start(queue.run)
                 self._queues[(path, name)] = queue
-                log.info("model %s loaded on %s", plugin.name, model.label)
+                log.info("model %s loaded on %s, %d execution(s) at once", plugin.name, model.label, model.parallel)
                 if self.on_loaded is not None:
                     self.on_loaded()
             if failures:

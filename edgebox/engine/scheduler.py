@@ -1,8 +1,9 @@
 """The batching scheduler: one bounded queue per (model, backend), frames from every source batched together.
 
 A queue hands over a batch when it holds `max_batch_size` frames, or when its oldest frame has waited
-`max_queue_delay` and the device is free. Executions run in worker threads, one at a time per model (on an
-accelerator the next batch already waits at the device); they are retried with back-off, time out with
+`max_queue_delay` and the device is free. Executions run in worker threads, as many at once as the loaded model
+runs in parallel (`LoadedModel.parallel`: one on an accelerator, where the next batch already waits at the
+device; `engine.cpu_executions` on CPU backends); they are retried with back-off, time out with
 INFERENCE_TIMEOUT, and halve the batch on out-of-memory (growing it back later). Loading models and choosing
 backends is `engine.models`' job.
 """
@@ -32,8 +33,8 @@ GROW_BACK_AFTER = 20  # successful executions at a reduced batch limit before do
 MIN_RETRY_AFTER_S = 0.05  # the smallest retry hint given with RESOURCE_EXHAUSTED
 # Batches handed to an accelerator (GPU, NPU) at once: one running, the next already stacked and waiting at the
 # device, which then starts it the moment the last one ends instead of waiting for the event loop. CPU backends
-# get 1: there the device is the cores the dispatching runs on, and overlapping the two was measured 3-10 % slower
-# (docs/benchmarks.md#inference).
+# get exactly as many as they run at once: there the device is the cores the dispatching runs on, and a batch
+# waiting for a busy CPU was measured 3-10 % slower (docs/benchmarks.md#inference).
 ACCELERATOR_PIPELINE_DEPTH = 2
 # On shutdown, how long to wait for executions already on the device: a native runtime still running in a
 # thread while the interpreter exits aborts the process.
@@ -81,11 +82,14 @@ class ModelQueue:
         self._labels = {"model": model_name, "backend": model.backend}
         self._queue: collections.deque[_Job] = collections.deque()
         self._wakeup = trio.Event()
-        # One execution at a time on the device; the next batch waits for it in its worker thread (or, for a
-        # trio-native test backend, at the trio lock). A hung execution keeps the device: later batches time out.
-        self._device = threading.Lock()
-        self._device_async = trio.Lock()
-        self.pipeline_depth = 1 if model.backend.endswith("-cpu") else ACCELERATOR_PIPELINE_DEPTH
+        # `model.parallel` executions at a time on the device; the next batch waits in its worker thread (or, for
+        # a trio-native test backend, at the trio semaphore). Hung executions keep the device: later batches time
+        # out.
+        self.parallel = max(1, model.parallel)
+        self._device = threading.BoundedSemaphore(self.parallel)
+        self._device_async = trio.Semaphore(self.parallel)
+        self.pipeline_depth = self.parallel if model.backend.endswith("-cpu") else max(
+            self.parallel, ACCELERATOR_PIPELINE_DEPTH)
         # Worker threads, including abandoned ones until they return: a hung backend ties up at most this many.
         self._threads = trio.CapacityLimiter(self.pipeline_depth)
         self._slots = trio.Semaphore(self.pipeline_depth)
@@ -147,7 +151,7 @@ class ModelQueue:
             self._queue.remove(victim)
             victim.finish(outcome.Error(FrameDropped("dropped: scheduler queue full, a newer frame replaced it")))
             return
-        batches_ahead = math.ceil(len(self._queue) / self.batch_limit)
+        batches_ahead = math.ceil(len(self._queue) / (self.batch_limit * self.parallel))
         retry = max(MIN_RETRY_AFTER_S, self._mean_execution_s * batches_ahead)
         raise ResourceExhausted(
             f"the {self.model_name} queue on {self.model.backend} is full ({self.settings.capacity} frames)",
@@ -189,15 +193,15 @@ class ModelQueue:
     async def _batch_ready(self) -> None:
         """Until the queue holds a full batch, or a partial one whose oldest frame waited max_queue_delay.
 
-        A partial batch is not handed over while another batch is on the device: it would only wait there, and
-        frames that arrive meanwhile can still join it.
+        A partial batch is not handed over while every execution slot of the device is busy: it would only wait
+        there, and frames that arrive meanwhile can still join it.
         """
         while True:
             deadline = math.inf
             if self._queue:
                 if len(self._queue) >= self.batch_limit:
                     return
-                if self._in_flight == 0:
+                if self._in_flight < self.parallel:
                     deadline = self._queue[0].enqueued_at + self.settings.max_queue_delay_s
                     if trio.current_time() >= deadline:
                         return
@@ -333,7 +337,7 @@ def _still_wanted(batch: list[_Job]) -> Callable[[], bool]:
     return lambda: not all(job.abandoned for job in batch)
 
 
-def _run_model(model: LoadedModel, device: threading.Lock, tensors: list[np.ndarray],
+def _run_model(model: LoadedModel, device: threading.Semaphore, tensors: list[np.ndarray],
                wanted: Callable[[], bool]) -> tuple[Sequence[np.ndarray], float] | None:
     """Worker thread: stack the inputs while the device may still be busy (a batch of 8 face inputs is 23 MB:
     not on the event loop), wait for the device, run."""

@@ -35,7 +35,7 @@ class FaultyBackend:
     """Wraps `run`; set the attributes below to inject faults into the next calls."""
 
     def __init__(self, run: Callable[[np.ndarray], Sequence[np.ndarray]] = echo_model, *,
-                 compute_s: float = 0.0, name: str = "fake-gpu") -> None:
+                 compute_s: float = 0.0, name: str = "fake-gpu", parallel: int = 1) -> None:
         self.inner = run
         self.compute_s = compute_s
         self.calls: list[Call] = []
@@ -43,7 +43,8 @@ class FaultyBackend:
         self.oom_above: int | None = None  # batches larger than this raise "CUDA out of memory"
         self.hang = False  # calls never return
         self.gate: trio.Event | None = None  # calls wait for it: a busy device
-        self.model = LoadedModel(name, "FAKE:0", run=self._sync_run_is_not_used, run_async=self.run_async)
+        self.model = LoadedModel(name, "FAKE:0", run=self._sync_run_is_not_used, run_async=self.run_async,
+                                 parallel=parallel)
 
     async def run_async(self, batch: np.ndarray) -> Sequence[np.ndarray]:
         self.calls.append(Call(trio.current_time(), len(batch)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -153,6 +154,43 @@ async def test_batched_outputs_equal_one_by_one_outputs_on_a_real_model(backend,
     for i in range(3):
         alone = model.run(tensors[i][np.newaxis])
         for got, want in zip(results[i], alone):
+            np.testing.assert_allclose(got, want[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime-cpu", "openvino-cpu"])
+async def test_cpu_backend_with_two_executions_runs_two_batches_at_once_with_the_same_outputs(
+        backend, registry, hardware):
+    if backend not in hardware.usable_backends():
+        pytest.skip(f"{backend} is not usable here")
+    person = registry.get("person")
+    model = await trio.to_thread.run_sync(BACKEND_LOADERS[backend], person.model, LoadOptions(cpu_executions=2))
+    assert model.parallel == 2
+    rng = np.random.default_rng(2)
+    tensors = [rng.integers(0, 255, (300, 300, 3), dtype=np.uint8) for _ in range(4)]
+    alone = [model.run(t[np.newaxis]) for t in tensors]
+    # Every execution waits at the barrier for a second one: if the scheduler ran one at a time, it would break.
+    side_by_side = threading.Barrier(2, timeout=20)
+    run = model.run
+
+    def run_in_pairs(batch):
+        side_by_side.wait()
+        return run(batch)
+
+    model.run = run_in_pairs
+    queue = ModelQueue("person", model, QueueSettings(1, 0.0, 16, 60.0), Metrics())
+    results: list = [None] * 4
+
+    async def one(i: int) -> None:
+        results[i] = await queue.infer(tensors[i], droppable=False)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        async with trio.open_nursery() as sources:
+            for i in range(4):
+                sources.start_soon(one, i)
+        nursery.cancel_scope.cancel()
+    for i in range(4):
+        for got, want in zip(results[i], alone[i]):
             np.testing.assert_allclose(got, want[0], atol=1e-4)
 
 

@@ -308,3 +308,45 @@ async def test_cpu_backend_gets_one_batch_at_a_time_so_the_next_one_forms_in_the
         assert queue.depth == 3
         backend.gate.set()
     assert len(backend.calls) == 4
+
+
+async def test_cpu_backend_running_two_at_once_gets_two_batches_and_the_third_forms_in_the_queue(autojump_clock):
+    backend = FaultyBackend(name="fake-cpu", compute_s=0.1, parallel=2)
+    async with serving(backend.model, max_batch_size=2, max_queue_delay_s=0.05) as queue:
+        assert queue.pipeline_depth == 2
+        await _infer_all(queue, [1, 2, 3, 4, 5, 6, 7, 8], droppable=False)
+    assert backend.sizes == [2, 2, 2, 2]
+    assert backend.times == pytest.approx([0.0, 0.0, 0.1, 0.1])  # two side by side, then the next two
+
+
+async def test_partial_batch_is_handed_over_when_one_of_two_execution_slots_is_free(autojump_clock):
+    backend = FaultyBackend(name="fake-cpu", compute_s=0.1, parallel=2)
+    async with (
+        serving(backend.model, max_batch_size=4, max_queue_delay_s=0.01) as queue,
+        trio.open_nursery() as nursery,
+    ):
+        for i in range(4):
+            nursery.start_soon(_rpc, queue, frame(i))  # a full batch on one slot from t=0 to 0.1
+        await trio.sleep(0.02)
+        nursery.start_soon(_rpc, queue, frame(4))  # the other slot is free: runs when due, at 0.03
+    assert backend.sizes == [4, 1]
+    assert backend.times == pytest.approx([0.0, 0.03])
+
+
+async def test_full_queue_retry_hint_counts_the_batches_that_run_at_once(autojump_clock):
+    hints = {}
+    for parallel in (1, 2):
+        backend = FaultyBackend(name="fake-cpu", parallel=parallel)
+        backend.gate = trio.Event()
+        async with (
+            serving(backend.model, max_batch_size=1, max_queue_delay_s=0.0, capacity=4) as queue,
+            trio.open_nursery() as nursery,
+        ):
+            for i in range(4 + parallel):  # `parallel` held on the device, four queued
+                nursery.start_soon(_rpc, queue, frame(i))
+                await trio.sleep(0.01)
+            with pytest.raises(ResourceExhausted) as refused:
+                await _rpc(queue, frame(9))
+            hints[parallel] = refused.value.retry_after_s
+            backend.gate.set()
+    assert hints[2] == pytest.approx(hints[1] / 2, abs=0.01)

@@ -14,8 +14,10 @@ from edgebox.plugin_api import ModelSpec
 BACKEND_LOADERS: dict[str, Callable[[ModelSpec, LoadOptions], LoadedModel]] = {
     "onnxruntime-cuda": lambda spec, options: load_onnxruntime(spec, options.threads, cuda=True),
     "onnxruntime-tensorrt": load_tensorrt,
-    "onnxruntime-cpu": lambda spec, options: load_onnxruntime(spec, options.threads, cuda=False),
-    "openvino-cpu": lambda spec, options: load_openvino(spec, options.threads, "CPU"),
+    "onnxruntime-cpu": lambda spec, options: load_onnxruntime(spec, options.threads, cuda=False,
+                                                                  executions=options.cpu_executions),
+    "openvino-cpu": lambda spec, options: load_openvino(spec, options.threads, "CPU",
+                                                            executions=options.cpu_executions),
     "openvino-gpu": lambda spec, options: load_openvino(spec, options.threads, "GPU"),
     "openvino-npu": lambda spec, options: load_openvino(spec, options.threads, "NPU"),
 }
