@@ -134,7 +134,8 @@ def metrics_response(m: MetricsSnapshot) -> pb.MetricsResponse:
         frames_dropped=m.frames_dropped,
         gpu_memory_used_bytes=m.gpu_memory_used_bytes,
         models=[pb.ModelMetrics(model=info.model, backend=info.backend, device=info.device,
-                                batch_limit=info.batch_limit, queue_depth=info.queue_depth) for info in m.models],
+                                batch_limit=info.batch_limit, queue_depth=info.queue_depth,
+                                executions=info.executions) for info in m.models],
     )
 
 

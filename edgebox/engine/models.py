@@ -51,6 +51,7 @@ class LoadedModelInfo:
     device: str  # e.g. "CPU (Intel(R) Core(TM) i5-1145G7)" or "CUDA:0"
     batch_limit: int
     queue_depth: int
+    executions: int = 1  # batches it runs at once
 
     def __str__(self) -> str:
         return f"{self.model}: {self.backend} on {self.device}"
@@ -90,7 +91,7 @@ class ModelPool:
 
     def loaded(self) -> list[LoadedModelInfo]:
         """Every loaded model with the backend and device it really runs on."""
-        return [LoadedModelInfo(q.model_name, q.model.backend, q.model.device, q.batch_limit, q.depth)
+        return [LoadedModelInfo(q.model_name, q.model.backend, q.model.device, q.batch_limit, q.depth, q.parallel)
                 for q in self._queues.values()]
 
     async def queue_for(self, plugin: Plugin, backend: str = "") -> ModelQueue:

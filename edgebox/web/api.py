@@ -169,7 +169,7 @@ class ConsoleApi:
     async def health(self, request: Request) -> Response:
         data = dataclasses.asdict(self.node.health())
         data["queues"] = [{"model": q.model_name, "backend": q.model.backend, "device": q.model.device,
-                           "queue_depth": q.depth, "batch_limit": q.batch_limit} for q in self.node.pool.queues]
+                           "queue_depth": q.depth, "batch_limit": q.batch_limit, "executions": q.parallel} for q in self.node.pool.queues]
         return JSONResponse(data)
 
     async def metrics(self, request: Request) -> Response:

@@ -18,6 +18,8 @@ import trio
 
 from edgebox import __version__
 from edgebox.client import pb
+from edgebox.config import EngineConfig
+from edgebox.engine.models import cpu_executions
 from edgebox.errors import ErrorCode
 from tests.support.engine import (
     DATA,
@@ -122,6 +124,7 @@ async def test_get_metrics_counters_move_after_inferences(client):
     # The models with what they really run on, matching HealthCheck's list.
     person = next(m for m in after.models if m.model == "person")
     assert person.backend in (await client.health()).backends and person.device and person.batch_limit >= 1
+    assert person.executions == cpu_executions(EngineConfig())  # a CPU backend here: the config's default
     assert f"person: {person.backend} on {person.device}" in (await client.health()).models
 
 

@@ -101,7 +101,7 @@ func TestWorkflowAndCameraRPCsRoundTrip(t *testing.T) {
 	found := false
 	for _, m := range metrics.GetModels() {
 		label := m.GetModel() + ": " + m.GetBackend() + " on " + m.GetDevice()
-		if m.GetModel() == "person" && m.GetBatchLimit() >= 1 && slices.Contains(health.GetModels(), label) {
+		if m.GetModel() == "person" && m.GetBatchLimit() >= 1 && m.GetExecutions() >= 1 && slices.Contains(health.GetModels(), label) {
 			found = true
 		}
 	}

@@ -2417,7 +2417,10 @@ type ModelMetrics struct {
 	// Frames per execution it may batch now: engine.max_batch_size, lower for a while after an out-of-memory.
 	BatchLimit int32 `protobuf:"varint,4,opt,name=batch_limit,json=batchLimit,proto3" json:"batch_limit,omitempty"`
 	// Frames waiting in its queue now.
-	QueueDepth    int32 `protobuf:"varint,5,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
+	QueueDepth int32 `protobuf:"varint,5,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
+	// Batches it runs at once: engine.cpu_executions on a CPU backend (2 by default on 2 cores or more), 1 on a
+	// GPU or NPU.
+	Executions    int32 `protobuf:"varint,6,opt,name=executions,proto3" json:"executions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2483,6 +2486,13 @@ func (x *ModelMetrics) GetBatchLimit() int32 {
 func (x *ModelMetrics) GetQueueDepth() int32 {
 	if x != nil {
 		return x.QueueDepth
+	}
+	return 0
+}
+
+func (x *ModelMetrics) GetExecutions() int32 {
+	if x != nil {
+		return x.Executions
 	}
 	return 0
 }
@@ -2949,7 +2959,7 @@ const file_infer_service_proto_rawDesc = "" +
 	"\x0eavg_compute_ms\x18\r \x01(\x01R\favgComputeMs\x12%\n" +
 	"\x0eframes_dropped\x18\x0e \x01(\x04R\rframesDropped\x121\n" +
 	"\x15gpu_memory_used_bytes\x18\x0f \x01(\x03R\x12gpuMemoryUsedBytes\x12+\n" +
-	"\x06models\x18\x10 \x03(\v2\x13.infer.ModelMetricsR\x06models\"\x98\x01\n" +
+	"\x06models\x18\x10 \x03(\v2\x13.infer.ModelMetricsR\x06models\"\xb8\x01\n" +
 	"\fModelMetrics\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\abackend\x18\x02 \x01(\tR\abackend\x12\x16\n" +
@@ -2957,7 +2967,10 @@ const file_infer_service_proto_rawDesc = "" +
 	"\vbatch_limit\x18\x04 \x01(\x05R\n" +
 	"batchLimit\x12\x1f\n" +
 	"\vqueue_depth\x18\x05 \x01(\x05R\n" +
-	"queueDepth\"\x96\x01\n" +
+	"queueDepth\x12\x1e\n" +
+	"\n" +
+	"executions\x18\x06 \x01(\x05R\n" +
+	"executions\"\x96\x01\n" +
 	"\x10SubscribeRequest\x12\x1d\n" +
 	"\n" +
 	"camera_ids\x18\x01 \x03(\tR\tcameraIds\x12!\n" +

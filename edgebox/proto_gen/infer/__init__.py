@@ -1014,6 +1014,12 @@ class ModelMetrics(betterproto2.Message):
     Frames waiting in its queue now.
     """
 
+    executions: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    Batches it runs at once: engine.cpu_executions on a CPU backend (2 by default on 2 cores or more), 1 on a
+    GPU or NPU.
+    """
+
 
 default_message_pool.register_message("infer", "ModelMetrics", ModelMetrics)
 
