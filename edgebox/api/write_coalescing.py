@@ -37,7 +37,8 @@ def ends_a_stream(frames: bytes | bytearray | memoryview) -> bool:
 
 
 class CoalescingTransport(asyncio.Transport):
-    """A transport that buffers `write`s and hands them to `inner` as one write at the end of the loop pass."""
+    """A transport that buffers `write`s and hands them to `inner` as one write: when a frame that ends a stream
+    is written, else at the end of the loop pass."""
 
     def __init__(self, inner: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
