@@ -89,6 +89,7 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
             fleet = CameraFleet(store, workflows, hub, metrics, config.engine.max_cameras, admission)
             fleet_ref.append(fleet)
             node = Node(plugins, pool, workflows, fleet, hub, metrics, hardware)
+            root.start_soon(node.camera_listing.keep_fresh)
             await workflows.restore()
             # Provisioning seeds an empty store once; later removals by an operator are not undone.
             provision = await trio.to_thread.run_sync(store.get_meta, PROVISIONED_KEY) is None

@@ -158,7 +158,7 @@ class Bridge:
         """Await the quick synchronous `fn(*args)` run in the trio thread; called from the asyncio thread.
 
         No trio task is started (fn cannot be cancelled halfway and must not block): for reads such as
-        HealthCheck and ListCameras, which still cross so that only the trio thread touches domain objects.
+        ListWorkflows and GetMetrics, which cross so that only the trio thread touches domain objects.
         """
         fut: asyncio.Future[outcome.Outcome] = self.loop.create_future()
         self._post_to_trio(lambda: self._reply(fut, outcome.capture(fn, *args)))

@@ -84,6 +84,9 @@ class CameraFleet:
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
         self._open_gate = trio.CapacityLimiter(OPEN_CONCURRENCY)
+        # Bumped on the trio thread whenever a camera is added or removed, or changes state or error; readers on
+        # other threads compare it with the revision a published listing was built at (edgebox.camera_listing).
+        self.revision = 0
 
     def __len__(self) -> int:
         return len(self._cameras)
@@ -118,12 +121,17 @@ class CameraFleet:
         options = parse_camera_options(config)
         pipeline = CameraPipeline(camera_id, workflow_id, options.roi, self._workflows.runtime, self._hub,
                                   self._metrics)
-        runner = CameraRunner(camera_id, url, options, pipeline.offer, open_gate=self._open_gate)
+        runner = CameraRunner(camera_id, url, options, pipeline.offer, open_gate=self._open_gate,
+                              on_change=self._changed)
         return Camera(camera_id, url, workflow_id, dict(config), options, runner, pipeline)
+
+    def _changed(self) -> None:
+        self.revision += 1
 
     def _start(self, camera: Camera) -> None:
         assert self._nursery is not None, "CameraFleet.run() must be started first"
         self._cameras[camera.camera_id] = camera
+        self._changed()
         self._nursery.start_soon(self._supervise, camera, name=f"camera:{camera.camera_id}")
 
     async def _supervise(self, camera: Camera) -> None:
@@ -138,11 +146,13 @@ class CameraFleet:
                     except Exception as exc:
                         camera.crashes += 1
                         camera.crash_error = f"internal error, restarting in {backoff:g} s: {exc!r}"
+                        self._changed()
                         log.exception("camera %s crashed (%d); restarting in %.0f s", camera.camera_id,
                                       camera.crashes, backoff)
                         await trio.sleep(backoff)
                         backoff = min(backoff * 2, CRASH_BACKOFF_CAP_S)
                         camera.crash_error = ""
+                        self._changed()
         finally:
             camera.stopped.set()
 
@@ -196,6 +206,7 @@ class CameraFleet:
                 await camera.stopped.wait()
             await trio.to_thread.run_sync(self._store.delete_camera, camera_id)
             del self._cameras[camera_id]
+            self._changed()
             self._hub.forget_source(camera_id)
             self._metrics.forget_camera(camera_id)
             log.info("camera %s removed", camera_id)

@@ -18,6 +18,7 @@ import numpy as np
 import trio
 
 from edgebox import __version__
+from edgebox.camera_listing import CameraListingPublisher
 from edgebox.engine.hardware import Hardware
 from edgebox.engine.models import LoadedModelInfo, ModelPool
 from edgebox.errors import EdgeboxError, InvalidRequest
@@ -121,8 +122,10 @@ class Node:
     gpu: GpuMonitor = field(default_factory=GpuMonitor)  # also read by /metrics (edgebox.gpu.GpuCollector)
     decode_budget: DecodeBudget = field(default_factory=DecodeBudget)
     _health_facts: HealthFacts | None = None
+    camera_listing: CameraListingPublisher = field(init=False)  # ListCameras without crossing into trio
 
     def __post_init__(self) -> None:
+        self.camera_listing = CameraListingPublisher(self.fleet)
         self.pool.on_loaded = self.publish_health
         self.publish_health()
 

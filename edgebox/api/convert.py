@@ -6,7 +6,7 @@ from typing import Any
 
 from edgebox.api.codec import WIRE_VARINT, encode_message, encode_varint, field_key
 from edgebox.cameras import mask_url
-from edgebox.fleet import Camera
+from edgebox.camera_listing import CameraSnapshot
 from edgebox.node import ClientFrame, Health, MetricsSnapshot
 from edgebox.proto_gen import infer as pb
 from edgebox.results import Result
@@ -54,7 +54,7 @@ def workflow_info(entry: WorkflowEntry, camera_ids: list[str]) -> pb.WorkflowInf
     )
 
 
-def camera_info(camera: Camera) -> pb.CameraInfo:
+def camera_info(camera: CameraSnapshot) -> pb.CameraInfo:
     status = camera.status
     return pb.CameraInfo(
         camera_id=camera.camera_id,
@@ -65,12 +65,12 @@ def camera_info(camera: Camera) -> pb.CameraInfo:
         error=pb.StreamError[status.error.name] if status.error.name != "NONE" else pb.StreamError.STREAM_ERROR_NONE,
         last_error=camera.last_error,
         fps_in=status.fps_in,
-        fps_out=camera.pipeline.fps_out,
-        frame_age_ms=camera.pipeline.frame_age_ms,
+        fps_out=camera.fps_out,
+        frame_age_ms=camera.frame_age_ms,
         reconnects=status.reconnects,
-        backend=camera.pipeline.backend,
+        backend=camera.backend,
         resolution=status.resolution,
-        frames_dropped=camera.pipeline.frames_dropped,
+        frames_dropped=camera.frames_dropped,
     )
 
 

@@ -1,10 +1,10 @@
 """The InferenceService handlers: decode the request, call the node in trio, convert the answer.
 
-Every handler body runs on the asyncio thread and crosses to trio exactly once per call through the bridge, so
-domain objects are only ever touched on the trio thread; reads that never wait (the List calls, GetMetrics) cross
-as a plain function call, without a trio task. HealthCheck does not cross: it reads what the trio thread publishes
-(Node.publish_health), so a trio thread busy with many cameras cannot delay a liveness check. Guarding (draining,
-error mapping, metrics) wraps every method in one place: `__mapping__`.
+Every handler body runs on the asyncio thread and crosses to trio at most once per call through the bridge, so
+domain objects are only ever touched on the trio thread; reads that never wait (ListWorkflows, GetMetrics) cross
+as a plain function call, without a trio task. HealthCheck and ListCameras usually do not cross: they read what
+the trio thread publishes (Node.publish_health, edgebox.camera_listing), so a trio thread busy with many cameras
+cannot delay them. Guarding (draining, error mapping, metrics) wraps every method in one place: `__mapping__`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from edgebox.api import convert
 from edgebox.api.codec import MalformedMessage, encode_message
 from edgebox.api.errors import internal_error, to_grpc_error
 from edgebox.bridge import Bridge
+from edgebox.camera_listing import CameraListing, CameraSnapshot
 from edgebox.errors import EdgeboxError, InvalidRequest, ResourceExhausted, ShuttingDown
 from edgebox.limits import MAX_SUBSCRIPTION_FILTERS
 from edgebox.node import InferTarget, Node
@@ -89,6 +90,8 @@ class InferenceService(pb.InferenceServiceBase):
         self.node = node
         self.bridge = bridge
         self.tracker = tracker
+        self._listed: CameraListing | None = None  # the listing whose encoded reply is `_listed_reply`
+        self._listed_reply = b""
 
     # -- guarding, in one place --------------------------------------------------------------------------
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -157,7 +160,7 @@ class InferenceService(pb.InferenceServiceBase):
         async def op() -> pb.AddCameraResponse:
             camera = await self.node.add_camera(message.camera_id, message.rtsp_url, message.workflow_id,
                                                 dict(message.config))
-            return pb.AddCameraResponse(camera=convert.camera_info(camera))
+            return pb.AddCameraResponse(camera=convert.camera_info(CameraSnapshot.of(camera)))
 
         return await self._trio(op)
 
@@ -165,11 +168,14 @@ class InferenceService(pb.InferenceServiceBase):
         await self._trio(self.node.remove_camera, message.camera_id)
         return pb.RemoveCameraResponse(camera_id=message.camera_id)
 
-    async def list_cameras(self, message: pb.ListCamerasRequest) -> pb.ListCamerasResponse:
-        def op() -> pb.ListCamerasResponse:
-            return pb.ListCamerasResponse(cameras=[convert.camera_info(c) for c in self.node.list_cameras()])
-
-        return await self._trio_sync(op)
+    async def list_cameras(self, message: pb.ListCamerasRequest) -> bytes:
+        listing = self.node.camera_listing.current()
+        if listing is None:  # stale or changed since it was built: rebuild it on the trio thread
+            listing = await self._trio_sync(self.node.camera_listing.publish)
+        if listing is not self._listed:  # every caller of one published listing gets the same bytes
+            reply = pb.ListCamerasResponse(cameras=[convert.camera_info(c) for c in listing.cameras])
+            self._listed, self._listed_reply = listing, encode_message(reply)
+        return self._listed_reply
 
     # -- workflows ----------------------------------------------------------------------------------------
     def _info(self, entry: Any) -> pb.WorkflowInfo:

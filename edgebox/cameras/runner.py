@@ -61,14 +61,17 @@ class CameraRunner:
     """Runs one camera until cancelled; `status` is a snapshot any task may read.
 
     `on_frame` runs on this task for every sampled frame: it must be cheap (queue or drop, never wait).
+    `on_change` runs on this task after the state or the current error changed (a listing republishes then).
     """
 
     def __init__(self, camera_id: str, url: str, options: CameraOptions, on_frame: Callable[[CapturedFrame], None],
-                 *, source_factory: SourceFactory = open_source, open_gate: trio.CapacityLimiter | None = None) -> None:
+                 *, source_factory: SourceFactory = open_source, open_gate: trio.CapacityLimiter | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.camera_id = camera_id
         self.url = url
         self.options = options
         self._on_frame = on_frame
+        self._on_change = on_change
         self._source_factory = source_factory
         # Shared by the cameras of a fleet: opens wait their turn here, before their open timeout starts.
         self._open_gate = open_gate
@@ -221,3 +224,5 @@ class CameraRunner:
         log.log(level, "camera %s: %s -> %s (%s)", self.camera_id, status.state.name, state.name, reason)
         if state is not status.state:
             status.state, status.since = state, trio.current_time()
+        if self._on_change is not None:
+            self._on_change()

@@ -315,3 +315,18 @@ async def test_start_returns_at_once_and_status_is_a_snapshot(autojump_clock):
         snapshot.frames_in = 99
         assert runner.status.frames_in == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_on_change_runs_once_per_state_change_and_once_per_new_error_in_the_same_state(autojump_clock, caplog):
+    refused, timeout = Attempt(open_error=StreamError.REFUSED), Attempt(open_error=StreamError.TIMEOUT)
+    script = Script([refused, refused, timeout], forever=Attempt())
+    changes: list[tuple[CameraState, StreamError]] = []
+    runner = CameraRunner(CAM, "rtsp://x/y", FAST, lambda f: None, source_factory=script.factory,
+                          on_change=lambda: changes.append((runner.status.state, runner.status.error)))
+    await run_for(10, runner)
+    # The second REFUSED repeats the state and the error: no change to publish. TIMEOUT is a new error.
+    assert changes == [(CameraState.CONNECTING, StreamError.NONE),
+                       (CameraState.RECONNECTING, StreamError.REFUSED),
+                       (CameraState.RECONNECTING, StreamError.TIMEOUT),
+                       (CameraState.STREAMING, StreamError.NONE)]
+    assert len(changes) == len(transitions(caplog))

@@ -53,7 +53,8 @@ type InferenceServiceClient interface {
 	AddCamera(ctx context.Context, in *AddCameraRequest, opts ...grpc.CallOption) (*AddCameraResponse, error)
 	// Stops a camera's decode task and forgets the camera. CAMERA_NOT_FOUND (1001) if the id is unknown.
 	RemoveCamera(ctx context.Context, in *RemoveCameraRequest, opts ...grpc.CallOption) (*RemoveCameraResponse, error)
-	// Lists every registered camera with its live state.
+	// Lists every registered camera with its live state. States, errors and cameras added or removed show at once;
+	// the counters (fps_in, fps_out, frame_age_ms, frames_dropped) may be up to 0.5 s old.
 	ListCameras(ctx context.Context, in *ListCamerasRequest, opts ...grpc.CallOption) (*ListCamerasResponse, error)
 	// Creates a workflow (version 1). ALREADY_EXISTS if the id is taken, INVALID_ARGUMENT for a bad spec,
 	// PLUGIN_LOAD_FAILED (2001) if a named plugin cannot be loaded.
@@ -239,7 +240,8 @@ type InferenceServiceServer interface {
 	AddCamera(context.Context, *AddCameraRequest) (*AddCameraResponse, error)
 	// Stops a camera's decode task and forgets the camera. CAMERA_NOT_FOUND (1001) if the id is unknown.
 	RemoveCamera(context.Context, *RemoveCameraRequest) (*RemoveCameraResponse, error)
-	// Lists every registered camera with its live state.
+	// Lists every registered camera with its live state. States, errors and cameras added or removed show at once;
+	// the counters (fps_in, fps_out, frame_age_ms, frames_dropped) may be up to 0.5 s old.
 	ListCameras(context.Context, *ListCamerasRequest) (*ListCamerasResponse, error)
 	// Creates a workflow (version 1). ALREADY_EXISTS if the id is taken, INVALID_ARGUMENT for a bad spec,
 	// PLUGIN_LOAD_FAILED (2001) if a named plugin cannot be loaded.

@@ -1327,7 +1327,8 @@ class InferenceServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "ListCamerasResponse":
         """
-        Lists every registered camera with its live state.
+        Lists every registered camera with its live state. States, errors and cameras added or removed show at once;
+        the counters (fps_in, fps_out, frame_age_ms, frames_dropped) may be up to 0.5 s old.
         """
 
         if message is None:
@@ -1586,7 +1587,8 @@ class InferenceServiceBase(betterproto2_grpclib.ServiceBase):
 
     async def list_cameras(self, message: "ListCamerasRequest") -> "ListCamerasResponse":
         """
-        Lists every registered camera with its live state.
+        Lists every registered camera with its live state. States, errors and cameras added or removed show at once;
+        the counters (fps_in, fps_out, frame_age_ms, frames_dropped) may be up to 0.5 s old.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
