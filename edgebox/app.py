@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import signal
@@ -30,6 +31,7 @@ from edgebox.engine.library_probe import ProbeChild, probe_libraries_isolated
 from edgebox.engine.models import ModelPool
 from edgebox.errors import EdgeboxError
 from edgebox.fleet import CameraFleet
+from edgebox.gc_pauses import PAUSES, freeze_long_lived
 from edgebox.metrics import Metrics
 from edgebox.node import Lifecycle, Node
 from edgebox.plugins_loader import builtin_plugin_dir, load_plugins
@@ -61,10 +63,12 @@ async def run_engine(config: Config, on_ready: Callable[[Endpoints], None] | Non
         await _run(config, store, on_ready, probe_child)
     finally:
         store.close()
+        gc.unfreeze()  # what this engine froze is collectable again (an engine run inside a longer process)
 
 
 async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], None] | None,
                probe_child: ProbeChild | None) -> None:
+    PAUSES.install()  # process-wide, like the collector it times; edgebox_gc_pause_seconds reads it
     metrics = Metrics()
     metrics.build_info.info({"version": __version__})
     plugin_dirs = [builtin_plugin_dir()] + ([config.plugin_dir] if config.plugin_dir else [])
@@ -89,6 +93,7 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
             fleet = CameraFleet(store, workflows, hub, metrics, config.engine.max_cameras, admission)
             fleet_ref.append(fleet)
             node = Node(plugins, pool, workflows, fleet, hub, metrics, hardware)
+            pool.on_loaded.append(lambda: freeze_long_lived("model loaded"))  # its library's objects live on
             root.start_soon(node.camera_listing.keep_fresh)
             await workflows.restore()
             # Provisioning seeds an empty store once; later removals by an operator are not undone.
@@ -116,6 +121,7 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
                 endpoints = Endpoints(f"{grpc.host}:{grpc.port}", console_address, node)
                 log.info("edgebox %s serving: gRPC %s, console %s", __version__, endpoints.grpc,
                          endpoints.console or "disabled")
+                freeze_long_lived("ready")
                 if on_ready is not None:
                     on_ready(endpoints)
                 received = await _next_signal(signals)

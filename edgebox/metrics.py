@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from edgebox.gc_pauses import PAUSES, GcCollector
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
@@ -20,6 +22,7 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
+        r.register(GcCollector(PAUSES))  # edgebox_gc_pause_seconds, edgebox_gc_frozen_objects
         self.build_info = Info("edgebox_build", "Version of the running engine", registry=r)
         self.infer_requests = Counter(
             "edgebox_infer_requests", "Frames submitted for inference, by origin and plugin",

@@ -126,7 +126,7 @@ class Node:
 
     def __post_init__(self) -> None:
         self.camera_listing = CameraListingPublisher(self.fleet)
-        self.pool.on_loaded = self.publish_health
+        self.pool.on_loaded.append(self.publish_health)
         self.publish_health()
 
     def set_lifecycle(self, lifecycle: str) -> None:

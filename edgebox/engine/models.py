@@ -74,7 +74,7 @@ class ModelPool:
         self._requests: dict[tuple[str, str], ModelQueue] = {}  # (model path, backend as requested)
         self._locks: dict[str, trio.Lock] = {}
         self.fallbacks: list[Fallback] = []
-        self.on_loaded: Callable[[], None] | None = None  # called on the trio thread after each model loads
+        self.on_loaded: list[Callable[[], None]] = []  # each called on the trio thread after each model loads
         self.settings = QueueSettings(
             max_batch_size=config.max_batch_size,
             max_queue_delay_s=config.max_queue_delay_ms / 1000,
@@ -131,8 +131,8 @@ class ModelPool:
                 await self._nursery.start(queue.run)
                 self._queues[(path, name)] = queue
                 log.info("model %s loaded on %s, %d execution(s) at once", plugin.name, model.label, model.parallel)
-                if self.on_loaded is not None:
-                    self.on_loaded()
+                for callback in self.on_loaded:
+                    callback()
             if failures:
                 self._record_fallback(plugin.name, candidates[0], queue.model, failures[0])
             return queue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgebox.node import Lifecycle
@@ -17,7 +19,8 @@ EXPECTED_FAMILIES = {
     "edgebox_camera_state": "gauge", "edgebox_camera_fps_in": "gauge", "edgebox_camera_fps_out": "gauge",
     "edgebox_camera_info": "gauge", "edgebox_result_subscribers": "gauge", "edgebox_results": "counter",
     "edgebox_grpc_requests": "counter", "edgebox_cameras_registered": "gauge",
-    "process_resident_memory_bytes": "gauge",
+    "process_resident_memory_bytes": "gauge", "edgebox_gc_pause_seconds": "histogram",
+    "edgebox_gc_frozen_objects": "gauge",
 }
 
 
@@ -44,6 +47,19 @@ async def test_metrics_and_getmetrics_read_the_same_registry(tmp_path):
         assert snapshot["registered_cameras"] == 2
         assert families["edgebox_cameras_registered"].samples[0].value == 2
         assert snapshot["gpu_utilization"] == -1 and snapshot["gpu_memory_used_bytes"] == -1
+
+
+async def test_engine_freezes_its_long_lived_objects_while_it_runs_and_times_collections(tmp_path):
+    async with open_engine(tmp_path / "data") as engine, engine.client() as http:
+        families = {f.name: f for f in text_string_to_metric_families((await http.get("/metrics")).text)}
+        frozen_at_ready = families["edgebox_gc_frozen_objects"].samples[0].value
+        assert frozen_at_ready == gc.get_freeze_count() > 0
+        young = {s.name: s.value for s in families["edgebox_gc_pause_seconds"].samples
+                 if s.labels.get("generation") == "0"}
+        assert young["edgebox_gc_pause_seconds_count"] > 0 and young["edgebox_gc_pause_seconds_sum"] > 0
+        await engine.node.deploy_workflow({"workflow_id": "faces", "plugins": ["face"]})  # loads a second model
+        assert gc.get_freeze_count() > frozen_at_ready  # frozen again once it loaded
+    assert gc.get_freeze_count() == 0  # the engine gives them back when it ends (it may run inside a longer process)
 
 
 async def test_metrics_offers_openmetrics_when_asked(tmp_path):
