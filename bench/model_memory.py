@@ -26,10 +26,10 @@ def measure(backend: str, model_name: str, executions: int, max_batch: int) -> i
     import numpy as np
 
     from edgebox.engine.backends import BACKEND_LOADERS, LoadOptions
-    from edgebox.memory import fix_mmap_threshold
+    from edgebox.memory import fix_malloc_thresholds
     from edgebox.plugins_loader import builtin_plugin_dir, load_plugins
 
-    fix_mmap_threshold()
+    fix_malloc_thresholds()
     plugin = load_plugins([builtin_plugin_dir()]).get(model_name)
     model = BACKEND_LOADERS[backend](plugin.model, LoadOptions(cpu_executions=executions))
     import cv2

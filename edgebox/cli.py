@@ -63,9 +63,9 @@ def _run(args: argparse.Namespace, config_path: Path | None) -> int:
     import trio
 
     from edgebox.app import run_engine
-    from edgebox.memory import fix_mmap_threshold
+    from edgebox.memory import fix_malloc_thresholds
 
-    fix_mmap_threshold()  # before any model or camera allocates (edgebox/memory.py says why)
+    fix_malloc_thresholds()  # before any model or camera allocates (edgebox/memory.py says why)
 
     def on_ready(endpoints) -> None:  # noqa: ANN001
         # One stable line on stdout for supervisors and tests (ports may have been chosen by the OS).

@@ -8,7 +8,7 @@ restarted with back-off; it never reaches the other cameras or the fleet.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -25,7 +25,8 @@ from edgebox.cameras import (
 )
 from edgebox.errors import AlreadyExists, CameraNotFound, EdgeboxError, InvalidRequest, ResourceExhausted
 from edgebox.limits import MAX_CAMERA_OPTIONS, check_id
-from edgebox.metrics import Metrics
+from edgebox.memory import give_back_freed_memory
+from edgebox.metrics import Metrics, process_rss_bytes
 from edgebox.pipeline import CameraPipeline
 from edgebox.results import ResultHub
 from edgebox.store import CameraRow, Store
@@ -73,7 +74,8 @@ class Camera:
 
 class CameraFleet:
     def __init__(self, store: Store, workflows: WorkflowRegistry, hub: ResultHub, metrics: Metrics,
-                 max_cameras: int, admission: Admission | None = None) -> None:
+                 max_cameras: int, admission: Admission | None = None,
+                 give_back_memory: Callable[[], object] = give_back_freed_memory) -> None:
         self._store = store
         self._workflows = workflows
         self._hub = hub
@@ -84,6 +86,11 @@ class CameraFleet:
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
         self._open_gate = trio.CapacityLimiter(OPEN_CONCURRENCY)
+        # After a removal glibc still holds that camera's freed frames in its arenas (edgebox.memory); one trim
+        # runs at a time, and removals while one waits share it.
+        self._give_back_memory = give_back_memory
+        self._trim_queued = False
+        self._trim_lock = trio.Lock()
         # Bumped on the trio thread whenever a camera is added or removed, or changes state or error; readers on
         # other threads compare it with the revision a published listing was built at (edgebox.camera_listing).
         self.revision = 0
@@ -210,3 +217,19 @@ class CameraFleet:
             self._hub.forget_source(camera_id)
             self._metrics.forget_camera(camera_id)
             log.info("camera %s removed", camera_id)
+            self._queue_memory_trim()
+
+    def _queue_memory_trim(self) -> None:
+        if self._trim_queued or self._nursery is None:
+            return
+        self._trim_queued = True
+        self._nursery.start_soon(self._trim_memory, name="memory-trim")
+
+    async def _trim_memory(self) -> None:
+        async with self._trim_lock:
+            self._trim_queued = False  # a removal from now on frees memory this trim may miss: it queues another
+            before = process_rss_bytes()
+            await trio.to_thread.run_sync(self._give_back_memory)
+            after = process_rss_bytes()
+            log.info("after a camera removal, %.0f MB of freed memory went back to the system (resident %.0f -> "
+                     "%.0f MB)", max(0, before - after) / 1e6, before / 1e6, after / 1e6)

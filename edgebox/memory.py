@@ -1,11 +1,17 @@
-"""Process-wide malloc tuning for the engine: keep glibc from holding on to memory the engine has freed.
+"""Process-wide malloc tuning for the engine: fixed glibc thresholds, so that memory use neither ratchets up nor
+turns every frame into page faults.
 
-glibc raises its mmap threshold each time a large mmapped block is freed (up to 32 MB), after which blocks of
-that size come from the heap and, once freed, mostly stay in the process. OpenVINO's CPU plugin re-sizes its
-activation buffers at each new batch size (and frames are 0.7 MB each), so with a dynamic threshold RSS ratchets
-up. Measured on the person model (docs/benchmarks.md, "Memory"): batch sizes 1..8 in turn left 562 MB resident,
-382 MB with the threshold fixed at 128 KiB (the same as malloc_trim afterwards); the engine's no-camera baseline
-fell from 773-809 MB to 456 MB. It does not decide anything else; a MALLOC_MMAP_THRESHOLD_ set by the operator wins.
+glibc serves blocks above its mmap threshold with mmap and, when left to itself, raises that threshold each time
+such a block is freed (up to 32 MB), after which blocks of that size come from the heap and, once freed, mostly
+stay in the process. OpenVINO's CPU plugin re-sizes its activation buffers at each new batch size, so RSS
+ratcheted up (person model, batch sizes 1..8: 562 MB resident against 382 MB with a fixed threshold). A threshold
+fixed too low costs the other way: every block above it is a fresh mapping, faulted in page by page and unmapped
+at free, and a decoded frame, its letterboxed copy and a model's input tensor are all such blocks (person: 518
+page faults and +1.1 ms of CPU per frame for decoding and preprocessing at 128 KiB; face: 1,756 and +4-5 ms).
+Fixed at 4 MiB, with the trim threshold at twice that as glibc itself would set it, per-frame buffers are reused
+from the heap while large model buffers are still mapped and given back (docs/benchmarks.md, "Memory"); the cost
+is freed frames kept in glibc's arenas, which `give_back_freed_memory` returns after a camera is removed. Nothing
+else is decided here; glibc's own MALLOC_*_THRESHOLD_ variables set by the operator win.
 """
 
 from __future__ import annotations
@@ -18,20 +24,48 @@ import sys
 
 log = logging.getLogger("edgebox.memory")
 
-M_MMAP_THRESHOLD = -3  # mallopt() parameter number in glibc's malloc.h
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value; setting it explicitly turns off the ratchet
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter numbers in glibc's malloc.h
+# Frames up to 720p BGR (2.8 MB) and the face model's input (2.9 MB) fit under it; a 1080p frame (6.2 MB) is still
+# mapped, about 1 ms per frame: 8 MiB would cover it but kept 70 MB more of the person model's buffers.
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES  # glibc's rule when it moves the threshold itself
+OPERATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
-def fix_mmap_threshold() -> bool:
-    """Fix glibc's mmap threshold at MMAP_THRESHOLD_BYTES; True if it was set (glibc on Linux, not overridden)."""
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl or another libc without mallopt
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def fix_malloc_thresholds() -> bool:
+    """Fix glibc's mmap and trim thresholds; True if they were set (glibc on Linux, the operator set neither)."""
+    if any(name in os.environ for name in OPERATOR_VARIABLES):
+        return False
+    if "malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:  # not Linux, or musl or another libc without mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-    log.debug("malloc mmap threshold fixed at %d bytes: %s", MMAP_THRESHOLD_BYTES, ok)
+    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
+    log.debug("malloc thresholds fixed (mmap %d, trim %d bytes): %s", MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES, ok)
     return ok
+
+
+def give_back_freed_memory() -> bool:
+    """glibc's malloc_trim(0): return the free pages inside every arena to the system; True if it gave any back.
+
+    Blocking (it walks each arena under that arena's lock, milliseconds for a few hundred MB): call it from a worker
+    thread. The engine calls it after a camera is removed (edgebox.fleet), when that camera's freed frames are
+    the memory glibc would otherwise keep for the next camera.
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim(0) == 1
