@@ -145,12 +145,17 @@ async def soak(args: argparse.Namespace, proc: subprocess.Popen[str], host: str,
             await client.add_camera(camera_id, url, "soak", {"fps": f"{args.fps:g}"})
         added = time.monotonic()
         while True:
-            states = [c.state for c in await client.list_cameras()]
+            cameras = await client.list_cameras()
+            states = [c.state for c in cameras]
             if states.count(pb.CameraState.STREAMING) == len(ids):
                 break
             if time.monotonic() - added > STREAMING_TIMEOUT_S:
                 report.failures.append(f"only {states.count(pb.CameraState.STREAMING)} of {len(ids)} cameras "
                                        f"STREAMING after {STREAMING_TIMEOUT_S:g} s")
+                for c in cameras:  # what the others are doing, for whoever reads the failure
+                    if c.state != pb.CameraState.STREAMING:
+                        print(f"  {c.camera_id}: {c.state.name}, {c.reconnects} reconnects, {c.last_error!r}",
+                              file=sys.stderr)
                 return
             await asyncio.sleep(0.5)
         report.streaming_after_s = time.monotonic() - added
