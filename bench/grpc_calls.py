@@ -4,6 +4,7 @@
     .venv/bin/python bench/grpc_calls.py --rounds 3           # alternate the servers 3 times, report medians
     .venv/bin/python bench/grpc_calls.py --servers edgebox,edgebox=/tmp/before --rounds 5   # A/B two checkouts
     .venv/bin/python bench/grpc_calls.py --cameras 50         # HealthCheck/ListCameras while 50 cameras run
+    .venv/bin/python bench/grpc_calls.py --cameras 50 --source rtsp   # ... 50 real RTSP streams
 
 Servers: `edgebox` (this checkout; `edgebox=PATH` runs the edgebox package of another checkout, e.g. a git
 worktree of an older commit), `grpclib` (plain grpclib on uvloop, no trio: the ceiling of this design), `aio`
@@ -17,7 +18,8 @@ in GHZ below) and the grpc-go server are built into bench/go/.bin on first use; 
 time, the Go module proxy for ghz (later runs build offline from the module cache; the reference server needs
 only the modules that scripts/setup-go.sh fetches). Every ghz run must end with every call OK, or the bench
 fails (exit 2, one line saying why). With `--cameras N` the engine is not pinned; it runs a `person` workflow on
-N demo cameras (every 5th demo://person) while ghz sends HealthCheck and ListCameras one at a time at
+N demo cameras (every 5th demo://person; with `--source rtsp`, real H.264 streams from a local gst-rtsp-server,
+decoded in the engine's reader threads) while ghz sends HealthCheck and ListCameras one at a time at
 --probe-rps. bench/README.md says how to read the output.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -330,7 +333,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 # -- under camera load ------------------------------------------------------------------------------------------
-async def add_cameras(port: int, n: int, fps: float, plugins: str) -> float:
+async def add_cameras(port: int, n: int, fps: float, plugins: str, urls: list[str]) -> float:
     from edgebox.client import EdgeboxClient
     from edgebox.proto_gen import infer as pb
 
@@ -338,8 +341,8 @@ async def add_cameras(port: int, n: int, fps: float, plugins: str) -> float:
         await client.deploy_workflow(pb.WorkflowSpec(workflow_id="bench", plugins=plugins.split(",")))
         await client.infer(PHOTO.read_bytes(), workflow_id="bench")  # load the models before the cameras
         for i in range(n):
-            await client.add_camera(f"cam-{i:03d}", "demo://person" if i % 5 == 0 else "demo://empty", "bench",
-                                    {"fps": f"{fps:g}"})
+            url = urls[i % len(urls)] if urls else "demo://person" if i % 5 == 0 else "demo://empty"
+            await client.add_camera(f"cam-{i:03d}", url, "bench", {"fps": f"{fps:g}"})
         started = time.monotonic()
         while time.monotonic() - started < 180:
             cameras = await client.list_cameras()
@@ -353,9 +356,22 @@ async def add_cameras(port: int, n: int, fps: float, plugins: str) -> float:
 
 def under_cameras(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp: Path) -> list[dict]:
     rows = []
-    for spec in args.servers.split(","):
-        if spec.startswith("edgebox"):  # the reference servers run no cameras
-            rows += under_cameras_one(spec, args, ghz_bin, refserver, tmp)
+    with contextlib.ExitStack() as stack:
+        args.urls = []
+        if args.source == "rtsp":  # one server for every engine of the run, as bench/soak.py sets it up
+            from tests.support.rtsp import RtspServer, gi_rtsp_available, image_mount, pattern_mount
+
+            ok, reason = gi_rtsp_available()
+            if not ok:
+                raise BenchError(f"the RTSP test server cannot run here: {reason}")
+            photo = ROOT / "tests" / "data" / "astronaut.png"
+            mounts = [image_mount(f"/person{i}", photo) if i % 2 == 0 else pattern_mount(f"/ball{i}")
+                      for i in range(4)]
+            server = stack.enter_context(RtspServer(mounts))
+            args.urls = [server.url(m["path"]) for m in mounts]
+        for spec in args.servers.split(","):
+            if spec.startswith("edgebox"):  # the reference servers run no cameras
+                rows += under_cameras_one(spec, args, ghz_bin, refserver, tmp)
     return rows
 
 
@@ -364,7 +380,7 @@ def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refser
                           engine={"max_cameras": args.cameras, "queue_capacity": max(64, args.cameras * 2)})
     rows = []
     try:
-        asyncio.run(add_cameras(server.port, args.cameras, args.fps, args.plugins))
+        asyncio.run(add_cameras(server.port, args.cameras, args.fps, args.plugins, args.urls))
         for method in ("HealthCheck", "ListCameras"):
             m = ghz(ghz_bin, server.port, method, request_file(method, tmp), 1, args.duration * 4,
                     rps=args.probe_rps, pin=False)
@@ -476,6 +492,9 @@ def main() -> int:
     parser.add_argument("--cameras", type=int, default=0, help="instead: probe edgebox while N demo cameras run")
     parser.add_argument("--fps", type=float, default=2.0, help="with --cameras: frames per second per camera")
     parser.add_argument("--plugins", default="person", help="with --cameras: the cameras' workflow")
+    parser.add_argument("--source", choices=("demo", "rtsp"), default="demo",
+                        help="with --cameras: demo:// cameras (drawn on the event loop) or real RTSP streams from a "
+                             "local gst-rtsp-server (decoded in reader threads)")
     parser.add_argument("--probe-rps", type=float, default=20.0, help="with --cameras: probe calls per second")
     parser.add_argument("--switch-interval-ms", type=float, default=0,
                         help="with --cameras: run the engine with sys.setswitchinterval(this) (an experiment)")
