@@ -68,9 +68,10 @@ def _probe(mode: str, source: str = PROBE) -> dict[str, float]:
 def test_thresholds_are_fixed_on_glibc_unless_the_operator_set_them():
     fresh = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True, env=CLEAN_ENV)
     assert fresh.stdout.strip() == "True"
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+    for name, value in (("MALLOC_MMAP_THRESHOLD_", "262144"), ("MALLOC_TRIM_THRESHOLD_", "262144"),
+                        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=262144")):
         overridden = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True,
-                                    env=CLEAN_ENV | {name: "262144"})
+                                    env=CLEAN_ENV | {name: value})
         assert overridden.stdout.strip() == "False", name
 
 
