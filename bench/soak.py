@@ -152,10 +152,7 @@ async def soak(args: argparse.Namespace, proc: subprocess.Popen[str], host: str,
             if time.monotonic() - added > STREAMING_TIMEOUT_S:
                 report.failures.append(f"only {states.count(pb.CameraState.STREAMING)} of {len(ids)} cameras "
                                        f"STREAMING after {STREAMING_TIMEOUT_S:g} s")
-                for c in cameras:  # what the others are doing, for whoever reads the failure
-                    if c.state != pb.CameraState.STREAMING:
-                        print(f"  {c.camera_id}: {c.state.name}, {c.reconnects} reconnects, {c.last_error!r}",
-                              file=sys.stderr)
+                print_not_streaming(cameras)
                 return
             await asyncio.sleep(0.5)
         report.streaming_after_s = time.monotonic() - added
@@ -185,6 +182,7 @@ async def soak(args: argparse.Namespace, proc: subprocess.Popen[str], host: str,
         report.active_at_end = last.active
         if last.active != len(ids):
             report.failures.append(f"{last.active} of {len(ids)} cameras STREAMING at the end")
+            print_not_streaming(await client.list_cameras())
 
         for camera_id in ids:
             await client.remove_camera(camera_id)
@@ -192,6 +190,13 @@ async def soak(args: argparse.Namespace, proc: subprocess.Popen[str], host: str,
         report.rss_after_removal_mb = rss_mb(proc.pid)
     finally:
         client.close()
+
+
+def print_not_streaming(cameras: list[pb.CameraInfo]) -> None:
+    """What each camera that is not streaming is doing, for whoever reads a failure."""
+    for c in cameras:
+        if c.state != pb.CameraState.STREAMING:
+            print(f"  {c.camera_id}: {c.state.name}, {c.reconnects} reconnects, {c.last_error!r}", file=sys.stderr)
 
 
 def analyse(report: Report) -> None:
