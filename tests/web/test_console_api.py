@@ -53,7 +53,9 @@ async def test_engine_freezes_its_long_lived_objects_while_it_runs_and_times_col
     async with open_engine(tmp_path / "data") as engine, engine.client() as http:
         families = {f.name: f for f in text_string_to_metric_families((await http.get("/metrics")).text)}
         frozen_at_ready = families["edgebox_gc_frozen_objects"].samples[0].value
-        assert frozen_at_ready == gc.get_freeze_count() > 0
+        # Frozen objects can still be freed (their count only falls until the next freeze), so the scrape may have
+        # seen a few more than are frozen now.
+        assert 0 < gc.get_freeze_count() <= frozen_at_ready
         young = {s.name: s.value for s in families["edgebox_gc_pause_seconds"].samples
                  if s.labels.get("generation") == "0"}
         assert young["edgebox_gc_pause_seconds_count"] > 0 and young["edgebox_gc_pause_seconds_sum"] > 0
