@@ -65,8 +65,8 @@ def give_back_freed_memory() -> bool:
     """glibc's malloc_trim(0): return the free pages inside every arena to the system; True if it gave any back.
 
     Blocking (it walks each arena under that arena's lock; measured 8 ms to give back 64 MB, 31 ms for 300 MB,
-    0.05 ms with nothing to give): call it from a worker thread. The engine calls it after a camera is removed (edgebox.fleet), when that camera's freed frames are
-    the memory glibc would otherwise keep for the next camera.
+    0.05 ms with nothing to give): call it from a worker thread. The engine calls it after a camera is removed
+    (edgebox.fleet), when that camera's freed frames are the memory glibc would otherwise keep for the next one.
     """
     trim = getattr(_libc(), "malloc_trim", None)
     if trim is None:

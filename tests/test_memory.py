@@ -21,13 +21,13 @@ CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
 # freed, and how much of a 24 MiB block stays resident after its second free (the first teaches a dynamic
 # threshold to serve that size from the heap).
 PROBE = """
-import json, os, resource, sys
+import json, resource, sys
 import numpy as np
 if sys.argv[1] == "fixed":
     from edgebox.memory import fix_malloc_thresholds
     assert fix_malloc_thresholds()
+from edgebox.metrics import process_rss_bytes as rss
 def faults(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-def rss(): return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 for _ in range(3):
     np.full(1 << 20, 7, np.uint8)
 before = faults()
@@ -43,11 +43,11 @@ print(json.dumps({"frame_faults": frame_faults, "kept_mib": (rss() - base) / (1 
 # 64 frame-sized blocks from the heap, freed below a block that is still in use, so that glibc cannot trim them
 # off the top: how much of them stays resident, and how much after give_back_freed_memory.
 TRIM_PROBE = """
-import json, os
+import json
 import numpy as np
 from edgebox.memory import fix_malloc_thresholds, give_back_freed_memory
 assert fix_malloc_thresholds()
-def rss(): return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from edgebox.metrics import process_rss_bytes as rss
 base = rss()
 frames = [np.full(1 << 20, 7, np.uint8) for _ in range(64)]
 pinned = np.full(1 << 16, 7, np.uint8)

@@ -276,7 +276,7 @@ async def test_health_lists_usable_backends_and_each_loaded_model_with_its_devic
 # In a fresh process (OpenVINO builds its type table once per process): load the person model with two
 # executions, then start both at the same moment, as the scheduler does with the first two batches. Each thread
 # first asks for the input's numpy dtype as every infer() does, which is where the two met (without the table
-# built at load, 2 of 16 processes in this form hung, 8 of 20 in a barer script; with it, none of 16).
+# built with the Core, 2 of 16 processes in this form hung, 8 of 20 in a barer script; with it, none of 16).
 FIRST_EXECUTIONS = """
 import sys, threading
 from pathlib import Path

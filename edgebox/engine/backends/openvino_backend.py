@@ -16,21 +16,25 @@ from edgebox.plugin_api import ModelSpec
 
 log = logging.getLogger("edgebox.engine.openvino")
 _core = None
-# OpenVINO's Python binding builds its element type -> numpy dtype table on the first `Type.to_dtype()`, which
-# every infer() with a numpy input makes, inside a C++ static initializer that lets go of the GIL. Two threads
-# arriving there at once deadlock: one holds the initializer's guard and waits for the GIL, the other holds the
-# GIL and waits on the guard (found in CI: a model's first two executions, run at once; reproduced in 8 of 20
-# fresh processes). Loading a model makes that first call under this lock, before any execution can run.
-_TYPE_TABLE_LOCK = threading.Lock()
+_core_lock = threading.Lock()  # two models loading at once must not make two Cores
 
 
 def openvino_core():
-    """One shared Core per process: it owns the device plugins."""
-    global _core
-    if _core is None:
-        import openvino as ov
+    """One shared Core per process: it owns the device plugins.
 
-        _core = ov.Core()
+    Creating it also builds the Python binding's element type -> numpy dtype table, which otherwise the first
+    `Type.to_dtype()` does (every infer() with a numpy input makes one) inside a C++ static initializer that lets
+    go of the GIL. Two threads arriving there at once deadlock: one holds the initializer's guard and waits for
+    the GIL, the other holds the GIL and waits on the guard (found in CI: a model's first two executions, run at
+    once; a bare script hung in 8 of 20 fresh processes). One call builds the whole table.
+    """
+    global _core
+    with _core_lock:
+        if _core is None:
+            import openvino as ov
+
+            ov.Type.f32.to_dtype()
+            _core = ov.Core()
     return _core
 
 
@@ -69,9 +73,6 @@ def load_openvino(spec: ModelSpec, threads: int, device: str, *, executions: int
     for _ in range(executions):
         idle_requests.put(compiled.create_infer_request())
     outputs = compiled.outputs
-    with _TYPE_TABLE_LOCK:
-        for port in (*compiled.inputs, *outputs):
-            port.get_element_type().to_dtype()
     batch_dim = compiled.inputs[0].get_partial_shape()[0]
     supports_batch = batch_dim.is_dynamic or batch_dim.get_length() != 1
     full_name = core.get_property(device, "FULL_DEVICE_NAME")
