@@ -359,14 +359,13 @@ def under_cameras(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp:
     with contextlib.ExitStack() as stack:
         args.urls = []
         if args.source == "rtsp":  # one server for every engine of the run, as bench/soak.py sets it up
-            from tests.support.rtsp import RtspServer, gi_rtsp_available, image_mount, pattern_mount
+            from tests.support.rtsp import RtspServer, gi_rtsp_available, person_and_ball_mounts
 
             ok, reason = gi_rtsp_available()
             if not ok:
                 raise BenchError(f"the RTSP test server cannot run here: {reason}")
             photo = ROOT / "tests" / "data" / "astronaut.png"
-            mounts = [image_mount(f"/person{i}", photo) if i % 2 == 0 else pattern_mount(f"/ball{i}")
-                      for i in range(4)]
+            mounts = person_and_ball_mounts(4, photo)
             server = stack.enter_context(RtspServer(mounts))
             args.urls = [server.url(m["path"]) for m in mounts]
         for spec in args.servers.split(","):

@@ -262,15 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         args.urls = []
         if args.source == "rtsp":
-            from tests.support.rtsp import RtspServer, gi_rtsp_available, image_mount, pattern_mount
+            from tests.support.rtsp import RtspServer, gi_rtsp_available, person_and_ball_mounts
 
             ok, reason = gi_rtsp_available()
             if not ok:
                 print(f"soak: the RTSP test server cannot run here: {reason}", file=sys.stderr)
                 return 2
             photo = ROOT / "tests" / "data" / "astronaut.png"
-            mounts = [image_mount(f"/person{i}", photo) if i % 2 == 0 else pattern_mount(f"/ball{i}")
-                      for i in range(args.mounts)]
+            mounts = person_and_ball_mounts(args.mounts, photo)
             server = stack.enter_context(RtspServer(mounts))
             args.urls = [server.url(m["path"]) for m in mounts]
         return run(args, report)

@@ -87,6 +87,12 @@ def image_mount(
     }
 
 
+
+def person_and_ball_mounts(count: int, photo: str | os.PathLike) -> list[dict]:
+    """`count` mounts for load runs: the photo (a person) on the even ones, the moving ball on the odd ones."""
+    return [image_mount(f"/person{i}", photo) if i % 2 == 0 else pattern_mount(f"/ball{i}") for i in range(count)]
+
+
 @functools.cache
 def gi_rtsp_available(python: str = SYSTEM_PYTHON) -> tuple[bool, str]:
     """Whether ``python`` can import GstRtspServer via gi. Returns (ok, reason)."""
