@@ -7,6 +7,7 @@
         ├── bridge nursery (calls arriving from the grpclib asyncio thread)
         ├── web console (hypercorn's trio worker)
         ├── manager link (when configured)
+        ├── compute-thread priority (lowers the libraries' native threads; edgebox.thread_priority)
         └── signal watcher -> drain -> cancel
 """
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from edgebox import __version__
+from edgebox import __version__, thread_priority
 from edgebox.admission import Admission
 from edgebox.api.convert import encode_result
 from edgebox.api.server import open_grpc_server
@@ -95,6 +96,9 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
             node = Node(plugins, pool, workflows, fleet, hub, metrics, hardware)
             pool.on_loaded.append(lambda: freeze_long_lived("model loaded"))  # its library's objects live on
             root.start_soon(node.camera_listing.keep_fresh)
+            if config.engine.compute_thread_nice and thread_priority.supported():
+                lowering = thread_priority.ComputeThreadPriority(config.engine.compute_thread_nice)
+                root.start_soon(lowering.keep_lowered)
             await workflows.restore()
             # Provisioning seeds an empty store once; later removals by an operator are not undone.
             provision = await trio.to_thread.run_sync(store.get_meta, PROVISIONED_KEY) is None

@@ -81,6 +81,9 @@ class EngineConfig:
     # AddCamera refuses (RESOURCE_EXHAUSTED) a camera that would take decoding past this fraction of the CPU
     # cores, or a model queue past this fraction of its execution time (edgebox.admission); 0 = no check.
     admission_max_load: float = 0.9
+    # Nice increment for the libraries' own compute threads (model pools, FFmpeg's decoders), never for Python
+    # threads, so that gRPC, trio and the camera readers get a core first when the model fills them; 0 = off.
+    compute_thread_nice: int = 10
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,7 @@ def _parse_engine(sec: _Section | None) -> EngineConfig:
         tensorrt_fp16=sec.get("tensorrt_fp16", bool, d.tensorrt_fp16),
         max_cameras=sec.get("max_cameras", int, d.max_cameras, _in_range(0, 10_000)),
         admission_max_load=sec.get("admission_max_load", float, d.admission_max_load, _in_range(0, 10)),
+        compute_thread_nice=sec.get("compute_thread_nice", int, d.compute_thread_nice, _in_range(0, 19)),
     )
     sec.finish()
     return cfg

@@ -63,7 +63,8 @@ def test_every_section_accepts_good_values():
                  "tls": {"cert_file": "/c.pem", "key_file": "/k.pem", "client_ca_file": "/ca.pem"}},
         "console": {"enabled": True, "host": "0.0.0.0", "port": 9000, "token": "s3cret"},
         "engine": {"backend": "openvino-cpu", "max_batch_size": 16, "max_queue_delay_ms": 20, "queue_capacity": 10,
-                   "inference_timeout_s": 2.5, "threads": 2, "cpu_executions": 3, "max_cameras": 4},
+                   "inference_timeout_s": 2.5, "threads": 2, "cpu_executions": 3, "max_cameras": 4,
+                   "compute_thread_nice": 5},
         "manager": {"address": "mgr:443", "node_id": "n1", "heartbeat_interval_s": 1, "metrics_interval_s": 2},
         "provision": {"workflows": [{"workflow_id": "people", "plugins": ["person"]}],
                       "cameras": [{"camera_id": "c1", "url": "demo://person", "workflow_id": "people",
@@ -76,6 +77,7 @@ def test_every_section_accepts_good_values():
     assert cfg.engine.max_queue_delay_ms == 20.0
     assert cfg.engine.max_cameras == 4
     assert cfg.engine.cpu_executions == 3
+    assert cfg.engine.compute_thread_nice == 5
     assert cfg.manager.heartbeat_interval_s == 1.0
     assert cfg.provision.workflows[0].spec["workflow_id"] == "people"
     assert cfg.provision.cameras[0].options == {"fps": "2"}
@@ -119,6 +121,8 @@ def test_every_section_accepts_good_values():
     ({"engine": {"threads": -1}}, "engine.threads", "between"),
     ({"engine": {"cpu_executions": 65}}, "engine.cpu_executions", "between 0 and 64"),
     ({"engine": {"max_cameras": -1}}, "engine.max_cameras", "between"),
+    ({"engine": {"compute_thread_nice": 20}}, "engine.compute_thread_nice", "between 0 and 19"),
+    ({"engine": {"compute_thread_nice": -5}}, "engine.compute_thread_nice", "between"),
     ({"engine": {"max_cameras": "4"}}, "engine.max_cameras", "integer"),
     ({"engine": {"batch": 4}}, "engine.batch", "unknown key"),
     # manager
