@@ -12,6 +12,10 @@ starts is lowered too, and Python threads, started by Python threads, keep the p
 lowered only once two scans in a row have seen it and neither found it among Python's threads: the kernel has a
 Python thread a moment before `threading` records its native id. Raising a nice value needs no privilege;
 lowering it back would, so nothing here ever does.
+
+The one case this would get wrong is a library thread that calls back into Python (an async-inference callback,
+say): it would be lowered and then take the GIL. The engine uses none: inference is synchronous on both backends,
+and OpenCV, uvloop's resolver threads and SQLite never call Python from their own threads.
 """
 
 from __future__ import annotations
