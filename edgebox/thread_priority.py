@@ -87,6 +87,8 @@ class ComputeThreadPriority:
         while True:
             lowered = self.scan()
             if lowered:
+                level = logging.INFO if not total else logging.DEBUG  # the first ones say that this is on
                 total += lowered
-                log.debug("compute threads: lowered %d more to nice %d (%d in all)", lowered, self._target, total)
+                log.log(level, "compute threads: lowered %d more to nice %d (%d in all; engine.compute_thread_nice)",
+                        lowered, self._target, total)
             await trio.sleep(interval_s)
