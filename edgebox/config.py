@@ -81,7 +81,7 @@ class EngineConfig:
     # AddCamera refuses (RESOURCE_EXHAUSTED) a camera that would take decoding past this fraction of the CPU
     # cores, or a model queue past this fraction of its execution time (edgebox.admission); 0 = no check.
     admission_max_load: float = 0.9
-    # Nice increment for the libraries' own compute threads (model pools, FFmpeg's decoders), never for Python
+    # Nice increment for the libraries' own native threads (the model backends' compute pools), never for Python
     # threads, so that gRPC, trio and the camera readers get a core first when the model fills them; 0 = off.
     compute_thread_nice: int = 10
 

@@ -2,8 +2,9 @@
 
 When a model saturates the cores, the kernel shares them by weight, and a gRPC call that arrives waits for a core
 behind the model's compute threads. The threads that answer calls, run trio and read the cameras are Python
-threads; the ones the libraries start for their own work (OpenVINO's and onnxruntime's compute pools, FFmpeg's
-decoder threads) never run Python, so they never hold the GIL. Giving those a higher nice value lets a Python
+threads; the ones the libraries start for their own work (OpenVINO's and onnxruntime's compute pools, uvloop's
+resolver threads) never run Python, so they never hold the GIL. (FFmpeg decodes in the camera reader threads, one
+decode thread per capture: edgebox/cameras/opencv_source.py, so decoding keeps the process's priority.) Giving those a higher nice value lets a Python
 thread that wakes up take a core first, and cannot leave a Python thread waiting on a descheduled GIL holder,
 which is what went wrong when the camera reader threads (Python threads) were niced instead (docs/benchmarks.md).
 
@@ -31,7 +32,7 @@ import trio
 log = logging.getLogger("edgebox.threads")
 
 MAX_NICE = 19
-SCAN_INTERVAL_S = 2.0  # new pools appear when a model loads or a camera connects; a scan costs ~0.1 ms
+SCAN_INTERVAL_S = 2.0  # new pools appear when a model loads or first runs; a scan costs ~0.1 ms
 
 
 def supported() -> bool:
