@@ -63,9 +63,10 @@ def _run(args: argparse.Namespace, config_path: Path | None) -> int:
     import trio
 
     from edgebox.app import run_engine
-    from edgebox.memory import fix_malloc_thresholds
+    from edgebox.memory import fix_malloc_thresholds, limit_malloc_arenas
 
     fix_malloc_thresholds()  # before any model or camera allocates (edgebox/memory.py says why)
+    limit_malloc_arenas()  # before the engine starts its threads
 
     def on_ready(endpoints) -> None:  # noqa: ANN001
         # One stable line on stdout for supervisors and tests (ports may have been chosen by the OS).

@@ -10,8 +10,14 @@ at free, and a decoded frame, its letterboxed copy and a model's input tensor ar
 page faults and +1.1 ms of CPU per frame for decoding and preprocessing at 128 KiB; face: 1,756 and +4-5 ms).
 Fixed at 4 MiB, with the trim threshold at twice that as glibc itself would set it, per-frame buffers are reused
 from the heap while large model buffers are still mapped and given back (docs/benchmarks.md, "Memory"); the cost
-is freed frames kept in glibc's arenas, which `give_back_freed_memory` returns after a camera is removed. Nothing
-else is decided here; glibc's own MALLOC_*_THRESHOLD_ variables set by the operator win.
+is freed frames kept in glibc's arenas, which `give_back_freed_memory` returns after a camera is removed.
+
+glibc also gives each new thread its own arena, up to 8 per core, and every camera has a reader thread: with 50
+cameras on 2 cores that is 16 arenas, each keeping its own free blocks. `limit_malloc_arenas` caps them at one per
+usable core, since no more threads than cores run malloc at once: per 640x360 camera 4.1 -> 3.5 MB resident, and
+after the cameras are removed and trimmed 2.1 -> 0.1 MB per camera is left (bench/capture_memory.py,
+docs/benchmarks.md "Memory"). Nothing else is decided here; glibc's own MALLOC_*_THRESHOLD_ and MALLOC_ARENA_MAX
+variables (or GLIBC_TUNABLES) set by the operator win.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import sys
 
 log = logging.getLogger("edgebox.memory")
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter numbers in glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # mallopt() parameter numbers in glibc's malloc.h
 # Frames up to 720p BGR (2.8 MB) and the face model's input (2.9 MB) fit under it; a 1080p frame (6.2 MB) is still
 # mapped, about 1 ms per frame: 8 MiB would cover it but kept 70 MB more of the person model's buffers.
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
@@ -59,6 +65,23 @@ def fix_malloc_thresholds() -> bool:
     ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     log.debug("malloc thresholds fixed (mmap %d, trim %d bytes): %s", MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES, ok)
     return ok
+
+
+def limit_malloc_arenas() -> int | None:
+    """Cap glibc's arenas at one per core this process may run on; the cap, or None where it was not set (the
+    operator set MALLOC_ARENA_MAX or glibc.malloc.arena_max, or the C library has no mallopt). Call it before the
+    threads start: a thread keeps the arena it got at its first allocation."""
+    if "MALLOC_ARENA_MAX" in os.environ or "malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        log.debug("malloc arenas left as the environment sets them")
+        return None
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    cores = len(os.sched_getaffinity(0))
+    ok = mallopt(M_ARENA_MAX, cores) == 1
+    log.debug("malloc arenas limited to %d: %s", cores, ok)
+    return cores if ok else None
 
 
 def give_back_freed_memory() -> bool:

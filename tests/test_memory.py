@@ -1,10 +1,11 @@
-"""edgebox.memory: glibc's thresholds are fixed, so per-frame buffers are reused and large ones given back, and an
-operator's own setting wins."""
+"""edgebox.memory: glibc's thresholds are fixed, so per-frame buffers are reused and large ones given back, its
+arenas are capped at one per core, and an operator's own setting wins."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -59,6 +60,31 @@ print(json.dumps({"kept_mib": (kept - base) / (1 << 20), "after_mib": (rss() - b
 """
 
 
+# In a fresh process: how many arenas glibc made for twice as many threads as cores (plus two), each holding a
+# block it allocated, all alive at once (so none can take over an exited thread's arena). malloc_stats() prints
+# one "Arena N:" line per arena to stderr.
+ARENA_PROBE = """
+import ctypes, json, os, sys, threading
+if sys.argv[1] == "limited":
+    from edgebox.memory import limit_malloc_arenas
+    print(json.dumps({"cap": limit_malloc_arenas()}))
+threads = 2 * len(os.sched_getaffinity(0)) + 2
+barrier, held = threading.Barrier(threads + 1), []
+def allocate():
+    held.append(bytearray(1 << 16))
+    barrier.wait()
+    barrier.wait()
+workers = [threading.Thread(target=allocate) for _ in range(threads)]
+for w in workers:
+    w.start()
+barrier.wait()
+ctypes.CDLL("libc.so.6").malloc_stats()
+barrier.wait()
+for w in workers:
+    w.join()
+"""
+
+
 def _probe(mode: str, source: str = PROBE) -> dict[str, float]:
     done = subprocess.run([sys.executable, "-c", source, mode], capture_output=True, text=True, check=True,
                           env=CLEAN_ENV | {"PYTHONPATH": ":".join(sys.path)})
@@ -73,6 +99,26 @@ def test_thresholds_are_fixed_on_glibc_unless_the_operator_set_them():
         overridden = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True,
                                     env=CLEAN_ENV | {name: value})
         assert overridden.stdout.strip() == "False", name
+
+
+def _arenas(mode: str, extra_env: dict[str, str] | None = None) -> tuple[int, str]:
+    done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True,
+                          env=CLEAN_ENV | {"PYTHONPATH": ":".join(sys.path)} | (extra_env or {}))
+    return sum(line.startswith("Arena ") for line in done.stderr.splitlines()), done.stdout
+
+
+def test_arenas_are_capped_at_one_per_core_unless_the_operator_set_them():
+    cores = len(os.sched_getaffinity(0))
+    limited, said = _arenas("limited")
+    assert json.loads(said) == {"cap": cores}
+    assert 1 <= limited <= cores
+    # the control: glibc left to itself gives each of the 2 x cores + 2 threads an arena of its own
+    default, _ = _arenas("default")
+    assert default > cores
+    for name, value in (("MALLOC_ARENA_MAX", "64"), ("GLIBC_TUNABLES", "glibc.malloc.arena_max=64")):
+        overridden, said = _arenas("limited", {name: value})
+        assert json.loads(said) == {"cap": None}, name
+        assert overridden > cores, name
 
 
 def test_frame_sized_buffers_are_reused_and_large_blocks_given_back():
