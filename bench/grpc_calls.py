@@ -354,10 +354,17 @@ async def add_cameras(port: int, n: int, fps: float, plugins: str, urls: list[st
     raise BenchError(f"not every one of the {n} cameras was STREAMING after 180 s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (its threads included), from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def under_cameras(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp: Path) -> list[dict]:
     rows = []
     with contextlib.ExitStack() as stack:
-        args.urls = []
+        args.urls, args.rtsp_pid = [], None
         if args.source == "rtsp":  # one server for every engine of the run, as bench/soak.py sets it up
             from tests.support.rtsp import RtspServer, gi_rtsp_available, person_and_ball_mounts
 
@@ -367,7 +374,7 @@ def under_cameras(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp:
             photo = ROOT / "tests" / "data" / "astronaut.png"
             mounts = person_and_ball_mounts(4, photo)
             server = stack.enter_context(RtspServer(mounts))
-            args.urls = [server.url(m["path"]) for m in mounts]
+            args.urls, args.rtsp_pid = [server.url(m["path"]) for m in mounts], server.pid
         for spec in args.servers.split(","):
             if spec.startswith("edgebox"):  # the reference servers run no cameras
                 rows += under_cameras_one(spec, args, ghz_bin, refserver, tmp)
@@ -380,6 +387,9 @@ def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refser
     rows = []
     try:
         asyncio.run(add_cameras(server.port, args.cameras, args.fps, args.plugins, args.urls))
+        # On this box the streams' encoder shares the engine's cores; its share during the probes says how much.
+        probe_start = time.monotonic()
+        encoder_start = cpu_seconds(args.rtsp_pid) if args.rtsp_pid else 0.0
         for method in ("HealthCheck", "ListCameras"):
             m = ghz(ghz_bin, server.port, method, request_file(method, tmp), 1, args.duration * 4,
                     rps=args.probe_rps, pin=False)
@@ -388,10 +398,11 @@ def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refser
                   f"p50 {m['p50']:.0f} us  p99 {m['p99']:.0f} us  max {m['max_us']:.0f} us", flush=True)
         if server.proc.poll() is not None:
             raise BenchError(f"the engine exited with {server.proc.returncode} during the run")
-        with open(f"/proc/{server.proc.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        print(f"  engine CPU so far {cpu_s:.0f} s; load average {os.getloadavg()[0]:.2f}")
+        if args.rtsp_pid:
+            share = (cpu_seconds(args.rtsp_pid) - encoder_start) / (time.monotonic() - probe_start)
+            print(f"  RTSP test server (encoding {len(args.urls)} streams, serving {args.cameras}) during the probes: "
+                  f"{share:.2f} of a core")
+        print(f"  engine CPU so far {cpu_seconds(server.proc.pid):.0f} s; load average {os.getloadavg()[0]:.2f}")
     finally:
         server.stop()
     return rows
