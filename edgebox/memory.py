@@ -50,18 +50,28 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def _operator_set(variables: tuple[str, ...], tunables: tuple[str, ...]) -> bool:
+    """True if the environment sets any of glibc's `variables` or of its `tunables` in GLIBC_TUNABLES."""
+    given = os.environ.get("GLIBC_TUNABLES", "")
+    return any(name in os.environ for name in variables) or any(f"malloc.{t}" in given for t in tunables)
+
+
+@functools.cache
+def _mallopt():  # a ctypes function, or None
+    """glibc's mallopt(int, int), or None (not Linux, or musl or another libc without it)."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is not None:
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
+
+
 def fix_malloc_thresholds() -> bool:
     """Fix glibc's mmap and trim thresholds; True if they were set (glibc on Linux, the operator set neither)."""
-    if any(name in os.environ for name in OPERATOR_VARIABLES):
+    if _operator_set(OPERATOR_VARIABLES, ("mmap_threshold", "trim_threshold")):
         return False
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if "malloc.mmap_threshold" in tunables or "malloc.trim_threshold" in tunables:
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is None:  # not Linux, or musl or another libc without mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     log.debug("malloc thresholds fixed (mmap %d, trim %d bytes): %s", MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES, ok)
     return ok
@@ -71,13 +81,12 @@ def limit_malloc_arenas() -> int | None:
     """Cap glibc's arenas at one per core this process may run on; the cap, or None where it was not set (the
     operator set MALLOC_ARENA_MAX or glibc.malloc.arena_max, or the C library has no mallopt). Call it before the
     threads start: a thread keeps the arena it got at its first allocation."""
-    if "MALLOC_ARENA_MAX" in os.environ or "malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+    if _operator_set(("MALLOC_ARENA_MAX",), ("arena_max",)):
         log.debug("malloc arenas left as the environment sets them")
         return None
-    mallopt = getattr(_libc(), "mallopt", None)
+    mallopt = _mallopt()
     if mallopt is None:
         return None
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     cores = len(os.sched_getaffinity(0))
     ok = mallopt(M_ARENA_MAX, cores) == 1
     log.debug("malloc arenas limited to %d: %s", cores, ok)
