@@ -85,10 +85,14 @@ for w in workers:
 """
 
 
+def _run_probe(source: str, mode: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`source` in a fresh interpreter that sees this one's packages and none of glibc's malloc variables."""
+    return subprocess.run([sys.executable, "-c", source, mode], capture_output=True, text=True, check=True,
+                          env=CLEAN_ENV | {"PYTHONPATH": ":".join(sys.path)} | (extra_env or {}))
+
+
 def _probe(mode: str, source: str = PROBE) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", source, mode], capture_output=True, text=True, check=True,
-                          env=CLEAN_ENV | {"PYTHONPATH": ":".join(sys.path)})
-    return json.loads(done.stdout)
+    return json.loads(_run_probe(source, mode).stdout)
 
 
 def test_thresholds_are_fixed_on_glibc_unless_the_operator_set_them():
@@ -102,8 +106,7 @@ def test_thresholds_are_fixed_on_glibc_unless_the_operator_set_them():
 
 
 def _arenas(mode: str, extra_env: dict[str, str] | None = None) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True,
-                          env=CLEAN_ENV | {"PYTHONPATH": ":".join(sys.path)} | (extra_env or {}))
+    done = _run_probe(ARENA_PROBE, mode, extra_env)
     return sum(line.startswith("Arena ") for line in done.stderr.splitlines()), done.stdout
 
 
