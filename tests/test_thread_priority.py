@@ -1,8 +1,8 @@
-"""edgebox.thread_priority: the libraries' native threads are lowered, Python threads never.
+"""edgebox.thread_priority: the libraries' native threads are lowered, Python threads never; the gRPC thread raised.
 
 The real thing in fresh processes (nice values cannot be lowered back without privilege, so the test process's
-own threads are left alone): OpenVINO's compute pool, made by loading the person model and running it, and the
-engine itself with a model running.
+own threads are left alone): OpenVINO's compute pool, made by loading the person model and running it, the
+engine itself with a model running, and a thread raised with privilege, with only an RLIMIT_NICE, and with neither.
 """
 
 from __future__ import annotations
@@ -119,5 +119,98 @@ def test_the_running_engine_lowers_its_model_threads_but_not_its_main_thread(tmp
             time.sleep(0.5)
         assert values[engine.proc.pid] == base, values  # the main thread runs trio
         assert target in values.values(), f"no thread at nice {target} within 60 s: {values}\n{engine.log()}"
+    finally:
+        engine.kill()
+
+
+# Raise one thread (not the main one) by -5 and report both threads' nice values. With an RLIMIT_NICE argument the
+# process first sets that limit and becomes `nobody`, which has no CAP_SYS_NICE (needs root to start with).
+RAISE_SCRIPT = """
+import json, os, resource, sys, threading
+from edgebox.thread_priority import raise_this_thread
+
+if sys.argv[1] != "privileged":
+    limit = int(sys.argv[1])
+    try:
+        resource.setrlimit(resource.RLIMIT_NICE, (limit, limit))
+    except ValueError as exc:  # raising the hard limit needs CAP_SYS_RESOURCE, which containers often drop
+        print(json.dumps({"skip": f"cannot set RLIMIT_NICE to {limit}: {exc}"}))
+        sys.exit(0)
+    os.setgid(65534)
+    os.setuid(65534)
+report = {"before": os.getpriority(os.PRIO_PROCESS, 0)}
+
+def raise_and_look():
+    report["returned"] = raise_this_thread(-5)
+    report["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+worker = threading.Thread(target=raise_and_look)
+worker.start()
+worker.join()
+report["main"] = os.getpriority(os.PRIO_PROCESS, 0)
+print(json.dumps(report))
+"""
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority, or dropping the right to, needs root")
+
+
+def _raise_in_fresh_process(mode: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", RAISE_SCRIPT, mode], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    if "skip" in report:
+        pytest.skip(report["skip"])
+    return report
+
+
+def _rlimit_for(nice: int) -> int:
+    return 20 - nice  # setpriority(2): RLIMIT_NICE lets an unprivileged thread go down to 20 - limit
+
+
+@needs_root
+def test_with_privilege_only_the_calling_thread_is_raised():
+    report = _raise_in_fresh_process("privileged")
+    target = max(-20, report["before"] - 5)
+    assert report["returned"] == target
+    assert report["thread"] == target
+    assert report["main"] == report["before"]
+
+
+@needs_root
+def test_an_rlimit_nice_that_reaches_the_value_is_enough_without_privilege():
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # the child starts with this process's value
+    target = max(-20, base - 5)
+    report = _raise_in_fresh_process(str(_rlimit_for(target)))  # what LimitNICE= in a systemd unit sets
+    assert report["returned"] == target
+    assert report["thread"] == target
+    assert report["main"] == base
+
+
+@needs_root
+def test_without_privilege_or_rlimit_it_is_refused_and_nothing_changes():
+    report = _raise_in_fresh_process("0")
+    assert report["returned"] is None
+    assert report["thread"] == report["before"] == report["main"]
+
+
+def test_a_raise_outside_the_nice_range_is_refused():
+    with pytest.raises(ValueError, match="-20..-1"):
+        thread_priority.raise_this_thread(0)
+    with pytest.raises(ValueError, match="-20..-1"):
+        thread_priority.raise_this_thread(-21)
+
+
+@needs_root
+def test_the_running_engine_raises_its_grpc_thread_and_no_other(tmp_path):
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    target = max(-20, base - 5)  # grpc.thread_nice's default
+    engine = start_engine_process(tmp_path)  # returns once the engine answers: the gRPC thread is raised by then
+    try:
+        values = _nice_of_every_thread(engine.proc.pid)
+        raised = [tid for tid, nice in values.items() if nice == target]
+        assert len(raised) == 1, f"threads at nice {target}: {raised}, all: {values}\n{engine.log()}"
+        assert values[engine.proc.pid] == base, values  # the main thread runs trio
+        assert f"gRPC thread at nice {target}" in engine.log()
     finally:
         engine.kill()

@@ -20,6 +20,7 @@ from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 
+from edgebox import thread_priority
 from edgebox.api.codec import MalformedMessage, PreEncodedProtoCodec
 from edgebox.api.service import CallTracker, InferenceService
 from edgebox.api.write_coalescing import CoalescingServer
@@ -125,6 +126,21 @@ class GrpcServer:
         await self.bridge.call_in_asyncio(close_in_asyncio)
 
 
+async def _raise_loop_thread(increment: int) -> None:
+    """Run on the asyncio thread: give it a higher CPU priority, or say why it keeps the process's.
+
+    Threads the loop starts later inherit the value; the only ones are uvloop's resolver threads, which
+    engine.compute_thread_nice lowers again like every other native thread.
+    """
+    nice = thread_priority.raise_this_thread(increment)
+    if nice is not None:
+        log.info("gRPC thread at nice %d (grpc.thread_nice %d)", nice, increment)
+    else:
+        log.info("gRPC thread keeps the process's nice value: grpc.thread_nice %d needs CAP_SYS_NICE or an "
+                 "RLIMIT_NICE that allows it (systemd: LimitNICE=%d); while the model fills the cores, calls may wait "
+                 "longer for a core", increment, increment)
+
+
 @contextlib.asynccontextmanager
 async def open_grpc_server(config: GrpcConfig, node: Node) -> AsyncIterator[GrpcServer]:
     """Start the asyncio thread and the gRPC server on it; on exit close both (calls are drained by then)."""
@@ -144,6 +160,8 @@ async def open_grpc_server(config: GrpcConfig, node: Node) -> AsyncIterator[Grpc
             return GrpcServer(bridge, server, tracker, health_status, config.host, port)
 
         grpc_server = await bridge.call_in_asyncio(start)
+        if config.thread_nice and thread_priority.supported():
+            await bridge.call_in_asyncio(_raise_loop_thread, config.thread_nice)
         scheme = "grpcs" if ssl_context else "grpc"
         log.info("gRPC listening on %s://%s:%d%s", scheme, config.host, grpc_server.port,
                  " (mTLS)" if config.tls and config.tls.client_ca_file else "")
