@@ -4,9 +4,10 @@ When a model saturates the cores, the kernel shares them by weight, and a gRPC c
 behind the model's compute threads. The threads that answer calls, run trio and read the cameras are Python
 threads; the ones the libraries start for their own work (OpenVINO's and onnxruntime's compute pools, uvloop's
 resolver threads) never run Python, so they never hold the GIL. (FFmpeg decodes in the camera reader threads, one
-decode thread per capture: edgebox/cameras/opencv_source.py, so decoding keeps the process's priority.) Giving those a higher nice value lets a Python
-thread that wakes up take a core first, and cannot leave a Python thread waiting on a descheduled GIL holder,
-which is what went wrong when the camera reader threads (Python threads) were niced instead (docs/benchmarks.md).
+decode thread per capture, edgebox/cameras/opencv_source.py: decoding keeps the process's priority.) Giving the
+library threads a higher nice value lets a Python thread that wakes up take a core first, and cannot leave a
+Python thread waiting on a descheduled GIL holder, which is what went wrong when the camera reader threads (Python
+threads) were niced instead (docs/benchmarks.md).
 
 Linux keeps a nice value per thread, and a thread inherits its creator's: a pool thread that a lowered thread
 starts is lowered too, and Python threads, started by Python threads, keep the process's value. A thread is
