@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs (real RTSP server via
-# gst-rtsp-server, chromium for browser tests, h2load from nghttp2-client).
+# gst-rtsp-server, chromium for browser tests, h2load from nghttp2-client, capsh
+# from libcap2-bin to start the engine without CAP_SYS_NICE).
 # Idempotent: when everything is already installed, apt-get is not run at all.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ PACKAGES=(
   gstreamer1.0-tools
   chromium
   nghttp2-client
+  libcap2-bin
 )
 
 missing=()

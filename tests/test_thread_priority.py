@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ import pytest
 
 from edgebox import thread_priority
 from edgebox.thread_priority import ComputeThreadPriority
-from tests.support.engine import PERSON_MODEL, start_engine_process
+from tests.support.engine import PERSON_MODEL, EngineProcess, engine_config_data, start_engine_process, write_config
 
 pytestmark = pytest.mark.skipif(not thread_priority.supported(), reason="per-thread nice values are Linux's")
 
@@ -151,7 +153,19 @@ report["main"] = os.getpriority(os.PRIO_PROCESS, 0)
 print(json.dumps(report))
 """
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority, or dropping the right to, needs root")
+CAP_SYS_NICE = 23  # linux/capability.h
+
+
+def _may_raise_priorities() -> bool:
+    """Whether this process has CAP_SYS_NICE in its effective set (root in a container may not)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_NICE & 1)
+    return False
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="becoming another user to drop the right needs root")
+needs_cap_sys_nice = pytest.mark.skipif(not _may_raise_priorities(), reason="raising a priority needs CAP_SYS_NICE")
 
 
 def _raise_in_fresh_process(mode: str) -> dict:
@@ -168,7 +182,7 @@ def _rlimit_for(nice: int) -> int:
     return 20 - nice  # setpriority(2): RLIMIT_NICE lets an unprivileged thread go down to 20 - limit
 
 
-@needs_root
+@needs_cap_sys_nice
 def test_with_privilege_only_the_calling_thread_is_raised():
     report = _raise_in_fresh_process("privileged")
     target = max(-20, report["before"] - 5)
@@ -201,10 +215,12 @@ def test_a_raise_outside_the_nice_range_is_refused():
         thread_priority.raise_this_thread(-21)
 
 
-@needs_root
+@needs_cap_sys_nice
 def test_the_running_engine_raises_its_grpc_thread_and_no_other(tmp_path):
     base = os.getpriority(os.PRIO_PROCESS, 0)
     target = max(-20, base - 5)  # grpc.thread_nice's default
+    if target == base:
+        pytest.skip(f"this process already runs at nice {base}: nothing could be raised")
     engine = start_engine_process(tmp_path)  # returns once the engine answers: the gRPC thread is raised by then
     try:
         values = _nice_of_every_thread(engine.proc.pid)
@@ -212,5 +228,32 @@ def test_the_running_engine_raises_its_grpc_thread_and_no_other(tmp_path):
         assert len(raised) == 1, f"threads at nice {target}: {raised}, all: {values}\n{engine.log()}"
         assert values[engine.proc.pid] == base, values  # the main thread runs trio
         assert f"gRPC thread at nice {target}" in engine.log()
+    finally:
+        engine.kill()
+
+
+class _EngineWithoutCapSysNice(EngineProcess):
+    """The engine started by `capsh --drop=cap_sys_nice` (libcap2-bin): root, but not allowed to raise priorities."""
+
+    @property
+    def command(self) -> list[str]:
+        return ["capsh", "--drop=cap_sys_nice", "--", "-c", f"exec {shlex.join(super().command)}"]
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("capsh") is None, reason="capsh (libcap2-bin) is not installed")
+def test_an_engine_that_may_not_raise_its_grpc_thread_says_so_and_serves(tmp_path):
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    config = write_config(tmp_path / "engine.json", engine_config_data(tmp_path / "data"))
+    engine = _EngineWithoutCapSysNice(config).start()
+    try:
+        values = _nice_of_every_thread(engine.proc.pid)
+        assert min(values.values()) == base == values[engine.proc.pid], values  # nothing raised, nothing failed
+        assert "gRPC thread keeps the process's nice value" in engine.log()
+        assert "LimitNICE=-5" in engine.log()
+        health = subprocess.run([sys.executable, "-m", "edgebox", "ctl", "--target", engine.grpc_address, "health"],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert health.returncode == 0, health.stdout + health.stderr
+        assert "SERVING" in health.stdout, health.stdout
     finally:
         engine.kill()
