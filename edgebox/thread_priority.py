@@ -48,18 +48,22 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and Path("/proc/self/task").is_dir()
 
 
+def raised_nice(increment: int) -> int:
+    """The nice value `raise_this_thread(increment)` asks for on the calling thread (also when it is refused)."""
+    if not MIN_NICE <= increment <= -1:
+        raise ValueError(f"increment must be {MIN_NICE}..-1, not {increment}")
+    return max(MIN_NICE, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + increment)
+
+
 def raise_this_thread(increment: int) -> int | None:
     """Give the calling thread its nice value plus `increment` (-20..-1: a higher priority).
 
     Returns the nice value now in force, or None where the kernel refused (no CAP_SYS_NICE, and RLIMIT_NICE does
     not reach the value); then nothing changed. Threads this one starts afterwards inherit the value.
     """
-    if not MIN_NICE <= increment <= -1:
-        raise ValueError(f"increment must be {MIN_NICE}..-1, not {increment}")
-    tid = threading.get_native_id()
-    target = max(MIN_NICE, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+    target = raised_nice(increment)
     try:
-        os.setpriority(os.PRIO_PROCESS, tid, target)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), target)
     except PermissionError:
         return None
     return target

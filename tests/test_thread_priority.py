@@ -185,7 +185,7 @@ def _rlimit_for(nice: int) -> int:
 @needs_cap_sys_nice
 def test_with_privilege_only_the_calling_thread_is_raised():
     report = _raise_in_fresh_process("privileged")
-    target = max(-20, report["before"] - 5)
+    target = max(thread_priority.MIN_NICE, report["before"] - 5)
     assert report["returned"] == target
     assert report["thread"] == target
     assert report["main"] == report["before"]
@@ -194,7 +194,7 @@ def test_with_privilege_only_the_calling_thread_is_raised():
 @needs_root
 def test_an_rlimit_nice_that_reaches_the_value_is_enough_without_privilege():
     base = os.getpriority(os.PRIO_PROCESS, 0)  # the child starts with this process's value
-    target = max(-20, base - 5)
+    target = max(thread_priority.MIN_NICE, base - 5)
     report = _raise_in_fresh_process(str(_rlimit_for(target)))  # what LimitNICE= in a systemd unit sets
     assert report["returned"] == target
     assert report["thread"] == target
@@ -218,7 +218,7 @@ def test_a_raise_outside_the_nice_range_is_refused():
 @needs_cap_sys_nice
 def test_the_running_engine_raises_its_grpc_thread_and_no_other(tmp_path):
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    target = max(-20, base - 5)  # grpc.thread_nice's default
+    target = max(thread_priority.MIN_NICE, base - 5)  # grpc.thread_nice's default
     if target == base:
         pytest.skip(f"this process already runs at nice {base}: nothing could be raised")
     engine = start_engine_process(tmp_path)  # returns once the engine answers: the gRPC thread is raised by then

@@ -126,19 +126,22 @@ class GrpcServer:
         await self.bridge.call_in_asyncio(close_in_asyncio)
 
 
-async def _raise_loop_thread(increment: int) -> None:
-    """Run on the asyncio thread: give it a higher CPU priority, or say why it keeps the process's.
+def _raise_this_thread(increment: int) -> None:
+    """On the asyncio thread: give it a higher CPU priority, or say why it keeps the process's.
 
     Threads the loop starts later inherit the value; the only ones are uvloop's resolver threads, which
     engine.compute_thread_nice lowers again like every other native thread.
     """
+    if not thread_priority.supported():
+        return
     nice = thread_priority.raise_this_thread(increment)
     if nice is not None:
         log.info("gRPC thread at nice %d (grpc.thread_nice %d)", nice, increment)
     else:
-        log.info("gRPC thread keeps the process's nice value: grpc.thread_nice %d needs CAP_SYS_NICE or an "
-                 "RLIMIT_NICE that allows it (systemd: LimitNICE=%d); while the model fills the cores, calls may wait "
-                 "longer for a core", increment, increment)
+        wanted = thread_priority.raised_nice(increment)  # unchanged by the refusal
+        log.info("gRPC thread keeps the process's nice value: nice %d (grpc.thread_nice %d) needs CAP_SYS_NICE or "
+                 "an RLIMIT_NICE that allows it (systemd: LimitNICE=%d); while the model fills the cores, calls may "
+                 "wait longer for a core", wanted, increment, wanted)
 
 
 @contextlib.asynccontextmanager
@@ -156,12 +159,12 @@ async def open_grpc_server(config: GrpcConfig, node: Node) -> AsyncIterator[Grpc
             server = CoalescingServer([service, health], codec=PreEncodedProtoCodec(),
                                       status_details_codec=ProtoStatusDetailsCodec())
             await server.start(config.host, config.port, ssl=ssl_context, reuse_address=True)
+            if config.thread_nice:
+                _raise_this_thread(config.thread_nice)
             port = server._server.sockets[0].getsockname()[1]  # grpclib does not expose the bound port
             return GrpcServer(bridge, server, tracker, health_status, config.host, port)
 
         grpc_server = await bridge.call_in_asyncio(start)
-        if config.thread_nice and thread_priority.supported():
-            await bridge.call_in_asyncio(_raise_loop_thread, config.thread_nice)
         scheme = "grpcs" if ssl_context else "grpc"
         log.info("gRPC listening on %s://%s:%d%s", scheme, config.host, grpc_server.port,
                  " (mTLS)" if config.tls and config.tls.client_ca_file else "")
