@@ -50,9 +50,6 @@ class GrpcConfig:
     drain_timeout_s: float = 30.0
     max_message_bytes: int = 64 * 1024 * 1024
     tls: TlsConfig | None = None
-    # Nice increment for the thread that answers gRPC calls (negative = a higher priority), so that HealthCheck
-    # answers promptly while the model fills the cores; needs CAP_SYS_NICE or RLIMIT_NICE, else skipped; 0 = off.
-    thread_nice: int = -5
 
 
 @dataclass(frozen=True)
@@ -228,10 +225,9 @@ def _parse_grpc(sec: _Section | None, base: Path) -> GrpcConfig:
     drain = sec.get("drain_timeout_s", float, d.drain_timeout_s, _in_range(0, 3600))
     max_msg = sec.get("max_message_bytes", int, d.max_message_bytes, _in_range(1024, 1 << 30))
     tls_sec = sec.section("tls")
-    thread_nice = sec.get("thread_nice", int, d.thread_nice, _in_range(-20, 0))
     tls = _parse_tls(tls_sec, base) if tls_sec is not None else None
     sec.finish()
-    return GrpcConfig(host, port, drain, max_msg, tls, thread_nice)
+    return GrpcConfig(host, port, drain, max_msg, tls)
 
 
 def _parse_console(sec: _Section | None) -> ConsoleConfig:

@@ -1,4 +1,4 @@
-"""CPU priorities of the engine's threads (Linux): the libraries' compute threads lower, the gRPC thread higher.
+"""The libraries' own compute threads at a lower CPU priority than the engine's Python threads (Linux).
 
 When a model saturates the cores, the kernel shares them by weight, and a gRPC call that arrives waits for a core
 behind the model's compute threads. The threads that answer calls, run trio and read the cameras are Python
@@ -18,12 +18,6 @@ lowering it back would, so nothing here ever does.
 The one case this would get wrong is a library thread that calls back into Python (an async-inference callback,
 say): it would be lowered and then take the GIL. The engine uses none: inference is synchronous on both backends,
 and OpenCV, uvloop's resolver threads and SQLite never call Python from their own threads.
-
-The thread that answers gRPC calls goes the other way (`raise_this_thread`, `grpc.thread_nice`): it is a Python
-thread, but it holds the GIL only while it parses and answers a call (about 0.4 ms), so a higher priority cannot
-leave the others waiting on it for long, and it gets a core first when a call arrives while the cores are full.
-Raising a priority needs CAP_SYS_NICE or an RLIMIT_NICE that allows the value (systemd's `LimitNICE=`); without
-either the kernel refuses and the thread keeps the process's value.
 """
 
 from __future__ import annotations
@@ -39,34 +33,12 @@ import trio
 log = logging.getLogger("edgebox.threads")
 
 MAX_NICE = 19
-MIN_NICE = -20
 SCAN_INTERVAL_S = 2.0  # new pools appear when a model loads or first runs; a scan costs ~0.1 ms
 
 
 def supported() -> bool:
     """Per-thread nice values through setpriority(PRIO_PROCESS, tid) are a Linux behaviour."""
     return sys.platform.startswith("linux") and Path("/proc/self/task").is_dir()
-
-
-def raised_nice(increment: int) -> int:
-    """The nice value `raise_this_thread(increment)` asks for on the calling thread (also when it is refused)."""
-    if not MIN_NICE <= increment <= -1:
-        raise ValueError(f"increment must be {MIN_NICE}..-1, not {increment}")
-    return max(MIN_NICE, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + increment)
-
-
-def raise_this_thread(increment: int) -> int | None:
-    """Give the calling thread its nice value plus `increment` (-20..-1: a higher priority).
-
-    Returns the nice value now in force, or None where the kernel refused (no CAP_SYS_NICE, and RLIMIT_NICE does
-    not reach the value); then nothing changed. Threads this one starts afterwards inherit the value.
-    """
-    target = raised_nice(increment)
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), target)
-    except PermissionError:
-        return None
-    return target
 
 
 class ComputeThreadPriority:

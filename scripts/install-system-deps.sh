@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs (real RTSP server via
-# gst-rtsp-server, chromium for browser tests, h2load from nghttp2-client, capsh
-# from libcap2-bin to start the engine without CAP_SYS_NICE).
+# gst-rtsp-server, chromium for browser tests, h2load from nghttp2-client).
 # Idempotent: when everything is already installed, apt-get is not run at all.
 set -euo pipefail
 
@@ -15,7 +14,6 @@ PACKAGES=(
   gstreamer1.0-tools
   chromium
   nghttp2-client
-  libcap2-bin
 )
 
 missing=()

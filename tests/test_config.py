@@ -59,7 +59,7 @@ def test_no_config_file_gives_defaults_relative_to_the_working_directory(monkeyp
 def test_every_section_accepts_good_values():
     cfg = parse({
         "data_dir": "/srv/state", "plugin_dir": "/opt/plugins", "log_level": "debug",
-        "grpc": {"host": "0.0.0.0", "port": 0, "drain_timeout_s": 5, "max_message_bytes": 4096, "thread_nice": -10,
+        "grpc": {"host": "0.0.0.0", "port": 0, "drain_timeout_s": 5, "max_message_bytes": 4096,
                  "tls": {"cert_file": "/c.pem", "key_file": "/k.pem", "client_ca_file": "/ca.pem"}},
         "console": {"enabled": True, "host": "0.0.0.0", "port": 9000, "token": "s3cret"},
         "engine": {"backend": "openvino-cpu", "max_batch_size": 16, "max_queue_delay_ms": 20, "queue_capacity": 10,
@@ -73,7 +73,6 @@ def test_every_section_accepts_good_values():
     assert cfg.log_level == "DEBUG"
     assert cfg.grpc.drain_timeout_s == 5.0 and isinstance(cfg.grpc.drain_timeout_s, float)
     assert cfg.grpc.tls is not None and cfg.grpc.tls.client_ca_file == Path("/ca.pem")
-    assert cfg.grpc.thread_nice == -10
     assert cfg.console.token == "s3cret"
     assert cfg.engine.max_queue_delay_ms == 20.0
     assert cfg.engine.max_cameras == 4
@@ -103,8 +102,6 @@ def test_every_section_accepts_good_values():
     ({"grpc": {"drain_timeout_s": -1}}, "grpc.drain_timeout_s", "between"),
     ({"grpc": {"drain_timeout_s": float("nan")}}, "grpc.drain_timeout_s", "finite"),
     ({"grpc": {"max_message_bytes": 100}}, "grpc.max_message_bytes", "between"),
-    ({"grpc": {"thread_nice": 5}}, "grpc.thread_nice", "between -20 and 0"),
-    ({"grpc": {"thread_nice": -21}}, "grpc.thread_nice", "between"),
     ({"grpc": {"tls": {"cert_file": "/c.pem"}}}, "grpc.tls", "key_file"),
     ({"grpc": {"tls": {"cert_file": "/c", "key_file": "/k", "ca": "/x"}}}, "grpc.tls.ca", "unknown key"),
     ({"grpc": {"prot": 1}}, "grpc.prot", "unknown key"),

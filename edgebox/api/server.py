@@ -20,7 +20,6 @@ from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 
-from edgebox import thread_priority
 from edgebox.api.codec import MalformedMessage, PreEncodedProtoCodec
 from edgebox.api.service import CallTracker, InferenceService
 from edgebox.api.write_coalescing import CoalescingServer
@@ -126,24 +125,6 @@ class GrpcServer:
         await self.bridge.call_in_asyncio(close_in_asyncio)
 
 
-def _raise_this_thread(increment: int) -> None:
-    """On the asyncio thread: give it a higher CPU priority, or say why it keeps the process's.
-
-    Threads the loop starts later inherit the value; the only ones are uvloop's resolver threads, which
-    engine.compute_thread_nice lowers again like every other native thread.
-    """
-    if not thread_priority.supported():
-        return
-    nice = thread_priority.raise_this_thread(increment)
-    if nice is not None:
-        log.info("gRPC thread at nice %d (grpc.thread_nice %d)", nice, increment)
-    else:
-        wanted = thread_priority.raised_nice(increment)  # unchanged by the refusal
-        log.info("gRPC thread keeps the process's nice value: nice %d (grpc.thread_nice %d) needs CAP_SYS_NICE or "
-                 "an RLIMIT_NICE that allows it (systemd: LimitNICE=%d); while the model fills the cores, calls may "
-                 "wait longer for a core", wanted, increment, wanted)
-
-
 @contextlib.asynccontextmanager
 async def open_grpc_server(config: GrpcConfig, node: Node) -> AsyncIterator[GrpcServer]:
     """Start the asyncio thread and the gRPC server on it; on exit close both (calls are drained by then)."""
@@ -159,8 +140,6 @@ async def open_grpc_server(config: GrpcConfig, node: Node) -> AsyncIterator[Grpc
             server = CoalescingServer([service, health], codec=PreEncodedProtoCodec(),
                                       status_details_codec=ProtoStatusDetailsCodec())
             await server.start(config.host, config.port, ssl=ssl_context, reuse_address=True)
-            if config.thread_nice:
-                _raise_this_thread(config.thread_nice)
             port = server._server.sockets[0].getsockname()[1]  # grpclib does not expose the bound port
             return GrpcServer(bridge, server, tracker, health_status, config.host, port)
 
