@@ -8,7 +8,6 @@ going when one plugin fails, filters by zones and decides NORMAL/ALARM with the 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from edgebox.engine.scheduler import FrameDropped, ModelQueue
 from edgebox.errors import EdgeboxError, InferenceTimeout, InternalError, InvalidRequest
 from edgebox.plugin_api import Detection, Plugin
 from edgebox.plugins_loader import PluginRegistry
+from edgebox.workflows.crash_log import CrashLog
 from edgebox.workflows.rules import AlarmState, evaluate_alarm, filter_detections
 from edgebox.workflows.spec import WorkflowSpec
 
@@ -72,6 +72,7 @@ class WorkflowRuntime:
         self._params = {p.name: spec.plugin_params(p.name) for p in plugins}
         self._timeout_s = timeout_s
         self._limiters = {p.name: trio.CapacityLimiter(PLUGIN_THREADS) for p in plugins}
+        self._crashes = CrashLog(log)  # one traceback per distinct crash and minute, not one per frame
 
     @property
     def backends(self) -> list[str]:
@@ -140,8 +141,7 @@ class WorkflowRuntime:
                 errors[plugin.name] = exc.client_message()
                 first_error = first_error or exc
             except Exception as exc:  # a plugin bug fails only its own part of the result
-                incident = uuid.uuid4().hex[:12]
-                log.exception("plugin %s raised on a frame (incident %s)", plugin.name, incident)
+                incident = self._crashes.report(plugin.name, exc)
                 errors[plugin.name] = f"{type(exc).__name__}: {exc} (incident {incident})"
                 first_error = first_error or _plugin_crash(plugin, exc, incident)
         kept = filter_detections(self.spec, detections, width, height)

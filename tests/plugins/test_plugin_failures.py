@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from edgebox.errors import ErrorCode, InvalidRequest
 from edgebox.frames import decode_frame
 from edgebox.plugins_loader import builtin_plugin_dir, load_plugins
+from edgebox.workflows.crash_log import CRASH_REPEAT_WINDOW_S
 from edgebox.workflows.runtime import WorkflowRuntime
 from edgebox.workflows.spec import parse_workflow_spec
 from tests.plugins.conftest import photo
@@ -104,3 +107,39 @@ async def test_a_frame_that_does_not_decode_fails_the_frame_not_a_plugin(open_po
             await runtime.evaluate_encoded(functools.partial(decode_frame, b"\xff\xd8" + b"\xff\xc0\x00\x11\x08"
                                                              b"\x00\x10\x00\x10\x03" + bytes(12), 0),
                                            runtime.new_source_state(), now_ms=0, droppable=False)
+
+
+INCIDENT = re.compile(r"incident ([0-9a-f]{12})")
+
+
+async def test_a_plugin_crashing_on_every_frame_logs_one_traceback_per_window_and_counts_the_rest(
+        tmp_path, open_pool, mock_clock, caplog):
+    caplog.set_level(logging.ERROR, logger="edgebox.workflows")
+    registry = load_plugins([builtin_plugin_dir(), _boom_dir(tmp_path)])
+    spec = parse_workflow_spec({"workflow_id": "wf", "plugins": ["boom"]})
+    image = photo("astronaut")
+
+    async def incident_of_one_frame() -> str:
+        verdict = await runtime.evaluate(image, runtime.new_source_state(), now_ms=0, droppable=False)
+        assert verdict.first_error is not None and verdict.first_error.code == ErrorCode.INTERNAL_ERROR
+        [in_result] = INCIDENT.findall(verdict.plugin_errors["boom"])
+        [in_error] = INCIDENT.findall(verdict.first_error.client_message())
+        assert in_result == in_error
+        return in_result
+
+    async with open_pool() as (pool, _):
+        runtime = await WorkflowRuntime.load(spec, 1, registry, pool)
+        first_window = {await incident_of_one_frame() for _ in range(5)}
+        mock_clock.jump(CRASH_REPEAT_WINDOW_S - 0.5)
+        first_window.add(await incident_of_one_frame())
+        mock_clock.jump(0.5)
+        second_window = await incident_of_one_frame()
+
+    [first] = first_window  # six crashes, one incident
+    assert second_window != first
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert [INCIDENT.search(r.getMessage()).group(1) for r in tracebacks] == [first, second_window]
+    assert all(r.exc_info[0] is ZeroDivisionError for r in tracebacks)
+    [summary] = [r.getMessage() for r in caplog.records if "more time(s)" in r.getMessage()]
+    assert f"5 more time(s) within {CRASH_REPEAT_WINDOW_S:g} s of incident {first}" in summary
+    assert len(caplog.records) == 3  # two tracebacks and the count between them, for seven crashes
