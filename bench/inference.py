@@ -1,7 +1,7 @@
 """Inference throughput: the raw backend beside edgebox's scheduler and beside end-to-end gRPC, in one table.
 
     .venv/bin/python bench/inference.py [--quick] [--batches 1,2,4,8] [--backends openvino-cpu] [--models person]
-                                        [--cpu-executions 1,2]
+                                        [--cpu-executions 1,2] [--openvino-precisions auto,f32]
 
 For each usable backend (onnxruntime-cpu, openvino-cpu; onnxruntime-cuda and onnxruntime-tensorrt where usable),
 each model (person, face) and each batch size it measures frames/s and latency four ways, one right after the
@@ -16,6 +16,9 @@ other, on the same preprocessed astronaut photo:
            JPEG frames in flight; includes JPEG decode, preprocessing, postprocessing and protobuf both ways
   grpc-1   the same engine, 2 x batch concurrent InferSingleFrame calls
 
+OpenVINO rows name the precision the model really ran at (`bf16` where the CPU has AMX or AVX-512 BF16 and
+engine.openvino_precision is "auto"); `--openvino-precisions auto,f32` measures both in one run.
+
 Throughput is frames completed between two completions divided by the time between them (exact for bursty
 batch completions). Ratios to raw are what to compare across machines: the absolute numbers move with the load.
 Latency is per call (raw: one batch; sched: one frame; grpc-b: one InferBatch; grpc-1: one frame).
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -202,11 +206,12 @@ def measure_scheduler(model: LoadedModel, tensor: np.ndarray, batch: int, warmup
 class Engine:
     """An `edgebox` subprocess on loopback with one workflow per (backend, model)."""
 
-    def __init__(self, batch: int, tmp: Path, cpu_executions: int) -> None:
-        name = f"{batch}-{cpu_executions}"
+    def __init__(self, batch: int, tmp: Path, cpu_executions: int, openvino_precision: str = "auto") -> None:
+        name = f"{batch}-{cpu_executions}-{openvino_precision}"
         config = tmp / f"engine-{name}.json"
         config.write_text(json.dumps({"console": {"enabled": False}, "log_level": "WARNING",
-                                      "engine": {"max_batch_size": batch, "cpu_executions": cpu_executions}}))
+                                      "engine": {"max_batch_size": batch, "cpu_executions": cpu_executions,
+                                                 "openvino_precision": openvino_precision}}))
         cmd = [str(Path(sys.executable).parent / "edgebox"), "--config", str(config), "--grpc_port", "0",
                "--data_dir", str(tmp / f"data-{name}")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -338,21 +343,28 @@ def run(args: argparse.Namespace) -> list[Row]:
     tensors = {m: registry.get(m).preprocess(image, {})[0] for m in args.models}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edgebox-bench-") as tmp:
-        for executions in args.cpu_executions:
+        for executions, precision in itertools.product(args.cpu_executions, args.openvino_precisions):
+            # The precision only changes OpenVINO: the other backends are measured with the first one alone.
+            measured = [b for b in backends if b.startswith("openvino") or precision == args.openvino_precisions[0]]
+            if not measured:
+                continue
             # TensorRT needs an engine folder and its largest batch size up front; the other backends ignore both.
             # Raw runs as many batches at once as the engine will (engine.cpu_executions, the same value).
             options = LoadOptions(max_batch_size=max(args.batches), cache_dir=Path(tmp) / "raw-engines",
-                                  cpu_executions=executions or cpu_executions(EngineConfig()))
+                                  cpu_executions=executions or cpu_executions(EngineConfig()),
+                                  openvino_precision=precision)
             loaded = {(b, m): BACKEND_LOADERS[b](registry.get(m).model, options)
-                      for b in backends for m in args.models}
+                      for b in measured for m in args.models}
             for batch in args.batches:
-                engine = Engine(batch, Path(tmp), executions)
+                engine = Engine(batch, Path(tmp), executions, precision)
                 try:
-                    workflows = {(b, m): asyncio.run(engine.deploy(b, m, jpeg)) for b in backends for m in args.models}
-                    for backend in backends:
+                    workflows = {(b, m): asyncio.run(engine.deploy(b, m, jpeg)) for b in measured for m in args.models}
+                    for backend in measured:
                         for name in args.models:
                             model = loaded[(backend, name)]
                             label = f"{backend} x{model.parallel}" if backend.endswith("-cpu") else backend
+                            if backend.startswith("openvino") and model.precision:
+                                label += f" {model.precision}"
                             row = Row(label, name, batch, [
                                 measure_cell(args, engine, workflows[(backend, name)], model, tensors[name], jpeg,
                                              batch) for _ in range(args.repeat)])
@@ -420,12 +432,15 @@ def main() -> None:
     parser.add_argument("--cpu-executions", default="0",
                         help="comma-separated engine.cpu_executions values, each measured in turn (raw alike); "
                              "0 = the engine's default")
+    parser.add_argument("--openvino-precisions", default="auto",
+                        help="comma-separated engine.openvino_precision values (auto, f32), each measured in turn")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
     args.batches = [int(b) for b in (args.batches or ("1,4" if args.quick else "1,2,4,8")).split(",")]
     args.backends = args.backends.split(",")
     args.models = args.models.split(",")
     args.cpu_executions = [int(v) for v in args.cpu_executions.split(",")]
+    args.openvino_precisions = args.openvino_precisions.split(",")
     args.duration = args.duration or (0.8 if args.quick else 2.0)
     args.warmup = args.warmup or (0.3 if args.quick else 0.4)
     started = time.monotonic()

@@ -31,6 +31,9 @@ BACKEND_CHOICES = (
     "openvino-gpu",
     "openvino-npu",
 )
+# engine.openvino_precision: "auto" is OpenVINO's own choice per device (bf16 on CPUs with AMX or AVX-512 BF16,
+# f16 on GPUs and NPUs, f32 elsewhere); "f32" asks every device for full precision.
+OPENVINO_PRECISIONS = ("auto", "f32")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class EngineConfig:
     cpu_executions: int = 0
     # onnxruntime-tensorrt only: build engines in FP16 (faster on most GPUs, outputs differ slightly from FP32).
     tensorrt_fp16: bool = False
+    # OpenVINO's inference precision (OPENVINO_PRECISIONS): "auto" lets it run reduced precision where the device
+    # is faster with it (scores then differ from onnxruntime's FP32 by up to ~0.01); "f32" matches onnxruntime.
+    openvino_precision: str = "auto"
     # Cameras this node accepts; AddCamera beyond it gets RESOURCE_EXHAUSTED.
     max_cameras: int = 64
     # AddCamera refuses (RESOURCE_EXHAUSTED) a camera that would take decoding past this fraction of the CPU
@@ -260,6 +266,7 @@ def _parse_engine(sec: _Section | None) -> EngineConfig:
         threads=sec.get("threads", int, d.threads, _in_range(0, 256)),
         cpu_executions=sec.get("cpu_executions", int, d.cpu_executions, _in_range(0, 64)),
         tensorrt_fp16=sec.get("tensorrt_fp16", bool, d.tensorrt_fp16),
+        openvino_precision=sec.get("openvino_precision", str, d.openvino_precision, _one_of(OPENVINO_PRECISIONS)),
         max_cameras=sec.get("max_cameras", int, d.max_cameras, _in_range(0, 10_000)),
         admission_max_load=sec.get("admission_max_load", float, d.admission_max_load, _in_range(0, 10)),
         compute_thread_nice=sec.get("compute_thread_nice", int, d.compute_thread_nice, _in_range(0, 19)),

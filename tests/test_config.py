@@ -64,7 +64,7 @@ def test_every_section_accepts_good_values():
         "console": {"enabled": True, "host": "0.0.0.0", "port": 9000, "token": "s3cret"},
         "engine": {"backend": "openvino-cpu", "max_batch_size": 16, "max_queue_delay_ms": 20, "queue_capacity": 10,
                    "inference_timeout_s": 2.5, "threads": 2, "cpu_executions": 3, "max_cameras": 4,
-                   "compute_thread_nice": 5},
+                   "compute_thread_nice": 5, "openvino_precision": "f32"},
         "manager": {"address": "mgr:443", "node_id": "n1", "heartbeat_interval_s": 1, "metrics_interval_s": 2},
         "provision": {"workflows": [{"workflow_id": "people", "plugins": ["person"]}],
                       "cameras": [{"camera_id": "c1", "url": "demo://person", "workflow_id": "people",
@@ -78,6 +78,7 @@ def test_every_section_accepts_good_values():
     assert cfg.engine.max_cameras == 4
     assert cfg.engine.cpu_executions == 3
     assert cfg.engine.compute_thread_nice == 5
+    assert cfg.engine.openvino_precision == "f32"
     assert cfg.manager.heartbeat_interval_s == 1.0
     assert cfg.provision.workflows[0].spec["workflow_id"] == "people"
     assert cfg.provision.cameras[0].options == {"fps": "2"}
@@ -113,6 +114,7 @@ def test_every_section_accepts_good_values():
     ({"console": {"tokn": "x"}}, "console.tokn", "unknown key"),
     # engine
     ({"engine": {"backend": "tpu"}}, "engine.backend", "one of"),
+    ({"engine": {"openvino_precision": "bf16"}}, "engine.openvino_precision", "one of auto, f32"),
     ({"engine": {"max_batch_size": 0}}, "engine.max_batch_size", "between 1 and 64"),
     ({"engine": {"max_batch_size": 65}}, "engine.max_batch_size", "between"),
     ({"engine": {"max_queue_delay_ms": 5001}}, "engine.max_queue_delay_ms", "between"),

@@ -48,7 +48,7 @@ class LoadedModelInfo:
 
     model: str  # the plugin whose model it is
     backend: str  # e.g. "openvino-cpu"
-    device: str  # e.g. "CPU (Intel(R) Core(TM) i5-1145G7)" or "CUDA:0"
+    device: str  # e.g. "CPU (Intel(R) Core(TM) i5-1145G7, f32)" or "CUDA:0"
     batch_limit: int
     queue_depth: int
     executions: int = 1  # batches it runs at once
@@ -66,7 +66,8 @@ class ModelPool:
         self._config = config
         self._load_options = LoadOptions(threads=config.threads, cpu_executions=cpu_executions(config),
                                          max_batch_size=config.max_batch_size,
-                                         cache_dir=cache_dir, tensorrt_fp16=config.tensorrt_fp16)
+                                         cache_dir=cache_dir, tensorrt_fp16=config.tensorrt_fp16,
+                                         openvino_precision=config.openvino_precision)
         self._hardware = hardware
         self._metrics = metrics
         self._nursery = nursery

@@ -272,6 +272,23 @@ async def test_health_lists_usable_backends_and_each_loaded_model_with_its_devic
     assert health.models == [f"face: {queue.model.backend} on {queue.model.device}"]
 
 
+@pytest.mark.parametrize("precision", ["auto", "f32"])
+async def test_openvino_runs_at_the_configured_precision_and_its_device_names_it(open_pool, registry, hardware,
+                                                                                   precision):
+    if "openvino-cpu" not in hardware.usable_backends():
+        pytest.skip("openvino-cpu is not usable here")
+    from edgebox.engine.backends.openvino_backend import openvino_core
+
+    # "auto" is what OpenVINO's CPU plugin itself would pick on this CPU (bf16 with AMX or AVX-512 BF16).
+    expected = (openvino_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+                if precision == "auto" else "f32")
+    async with open_pool(backend="openvino-cpu", openvino_precision=precision) as (pool, _):
+        queue = await pool.queue_for(registry.get("person"))
+        [loaded] = pool.loaded()
+    assert queue.model.precision == expected
+    assert loaded.device.startswith("CPU (") and loaded.device.endswith(f", {expected})"), loaded.device
+
+
 # -- OpenVINO's first executions ---------------------------------------------------------------------------------
 # In a fresh process (OpenVINO builds its type table once per process): load the person model with two
 # executions, then start both at the same moment, as the scheduler does with the first two batches. Each thread

@@ -25,13 +25,16 @@ def photo(name: str) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def loaded_model(registry: PluginRegistry) -> Callable[[str, str], LoadedModel]:  # noqa: F811
-    """`loaded_model(plugin, backend)`: the plugin's real model on a real backend, loaded once per session."""
-    cache: dict[tuple[str, str], LoadedModel] = {}
+    """`loaded_model(plugin, backend, openvino_precision="auto")`: the plugin's real model on a real backend,
+    loaded once per session."""
+    cache: dict[tuple[str, str, str], LoadedModel] = {}
 
-    def get(plugin: str, backend: str) -> LoadedModel:
-        if (plugin, backend) not in cache:
-            cache[(plugin, backend)] = BACKEND_LOADERS[backend](registry.get(plugin).model, LoadOptions())
-        return cache[(plugin, backend)]
+    def get(plugin: str, backend: str, openvino_precision: str = "auto") -> LoadedModel:
+        key = (plugin, backend, openvino_precision)
+        if key not in cache:
+            options = LoadOptions(openvino_precision=openvino_precision)
+            cache[key] = BACKEND_LOADERS[backend](registry.get(plugin).model, options)
+        return cache[key]
 
     return get
 
@@ -41,10 +44,10 @@ def detect(registry: PluginRegistry, loaded_model) -> Callable[..., list[Detecti
     """`detect(plugin, image, backend="onnxruntime-cpu")`: preprocess, run the real model, postprocess."""
 
     def run(plugin_name: str, image: np.ndarray, backend: str = "onnxruntime-cpu",
-            params: dict[str, str] | None = None) -> list[Detection]:
+            params: dict[str, str] | None = None, openvino_precision: str = "auto") -> list[Detection]:
         plugin = registry.get(plugin_name)
         tensor, context = plugin.preprocess(image, params or {})
-        outputs = loaded_model(plugin_name, backend).run(tensor[np.newaxis])
+        outputs = loaded_model(plugin_name, backend, openvino_precision).run(tensor[np.newaxis])
         return plugin.postprocess([out[0] for out in outputs], context, params or {})
 
     return run

@@ -2078,7 +2078,7 @@ type HealthCheckResponse struct {
 	// Plugins that failed to load, "name: reason"; they answer PLUGIN_LOAD_FAILED.
 	PluginErrors []string `protobuf:"bytes,9,rep,name=plugin_errors,json=pluginErrors,proto3" json:"plugin_errors,omitempty"`
 	// Models loaded so far and what each really runs on (after any fallback), "plugin: backend on device", e.g.
-	// ["person: openvino-cpu on CPU (Intel(R) Core(TM) i5-1145G7)", "face: onnxruntime-cuda on CUDA:0"]. A model
+	// ["person: openvino-cpu on CPU (Intel(R) Core(TM) i5-1145G7, f32)", "face: onnxruntime-cuda on CUDA:0"]. A model
 	// loads when the first workflow or call that needs it arrives; one model on two backends is listed twice.
 	Models        []string `protobuf:"bytes,10,rep,name=models,proto3" json:"models,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2412,7 +2412,8 @@ type ModelMetrics struct {
 	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	// The backend it runs on, e.g. "openvino-cpu" or "onnxruntime-cuda".
 	Backend string `protobuf:"bytes,2,opt,name=backend,proto3" json:"backend,omitempty"`
-	// The device, e.g. "CPU (Intel(R) Core(TM) i5-1145G7)", "GPU (Intel(R) Iris(R) Xe Graphics)" or "CUDA:0".
+	// The device, e.g. "CPU (Intel(R) Core(TM) i5-1145G7, f32)", "GPU (Intel(R) Iris(R) Xe Graphics, f16)" or
+	// "CUDA:0". OpenVINO devices end with the precision the model computes in (engine.openvino_precision).
 	Device string `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
 	// Frames per execution it may batch now: engine.max_batch_size, lower for a while after an out-of-memory.
 	BatchLimit int32 `protobuf:"varint,4,opt,name=batch_limit,json=batchLimit,proto3" json:"batch_limit,omitempty"`

@@ -17,9 +17,12 @@ BACKEND_LOADERS: dict[str, Callable[[ModelSpec, LoadOptions], LoadedModel]] = {
     "onnxruntime-cpu": lambda spec, options: load_onnxruntime(spec, options.threads, cuda=False,
                                                                   executions=options.cpu_executions),
     "openvino-cpu": lambda spec, options: load_openvino(spec, options.threads, "CPU",
-                                                            executions=options.cpu_executions),
-    "openvino-gpu": lambda spec, options: load_openvino(spec, options.threads, "GPU"),
-    "openvino-npu": lambda spec, options: load_openvino(spec, options.threads, "NPU"),
+                                                            executions=options.cpu_executions,
+                                                            precision=options.openvino_precision),
+    "openvino-gpu": lambda spec, options: load_openvino(spec, options.threads, "GPU",
+                                                            precision=options.openvino_precision),
+    "openvino-npu": lambda spec, options: load_openvino(spec, options.threads, "NPU",
+                                                            precision=options.openvino_precision),
 }
 
 __all__ = ["BACKEND_LOADERS", "LoadOptions", "LoadedModel"]

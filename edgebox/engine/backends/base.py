@@ -23,6 +23,7 @@ class LoadOptions:
     # A writable per-node folder for compiled engines (TensorRT); None = the backend keeps nothing on disk.
     cache_dir: Path | None = None
     tensorrt_fp16: bool = False
+    openvino_precision: str = "auto"  # config OPENVINO_PRECISIONS: "auto" (the device's choice) or "f32"
 
 
 @dataclass
@@ -38,6 +39,8 @@ class LoadedModel:
     parallel: int = 1
     # Set only by wrappers that run on trio directly (the fault-injecting test wrapper); real backends use threads.
     run_async: Callable[[np.ndarray], Awaitable[Sequence[np.ndarray]]] | None = None
+    # The precision the backend computes in where it says ("bf16", "f32"; OpenVINO), "" where it does not.
+    precision: str = ""
 
     @property
     def label(self) -> str:

@@ -38,11 +38,14 @@ def openvino_core():
     return _core
 
 
-def load_openvino(spec: ModelSpec, threads: int, device: str, *, executions: int = 1) -> LoadedModel:
+def load_openvino(spec: ModelSpec, threads: int, device: str, *, executions: int = 1,
+                  precision: str = "auto") -> LoadedModel:
     """Read and compile the model for `device`; BACKEND_INIT_FAILED names the device and the reason.
 
     On CPU, `executions` batches may run at once: the model is compiled with that many streams (each on its
-    share of the threads) and gets one infer request per stream.
+    share of the threads) and gets one infer request per stream. `precision` "auto" keeps the device's own
+    inference precision (bf16 on CPUs with AMX or AVX-512 BF16), "f32" asks for full precision; the device
+    string names the precision the compiled model really runs at.
     """
     executions = max(1, executions) if device == "CPU" else 1
     name = f"openvino-{device.lower()}"
@@ -64,6 +67,8 @@ def load_openvino(spec: ModelSpec, threads: int, device: str, *, executions: int
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+    if precision != "auto":
+        config["INFERENCE_PRECISION_HINT"] = precision
     try:
         model = core.read_model(str(spec.path))
         compiled = core.compile_model(model, device, config)
@@ -76,6 +81,7 @@ def load_openvino(spec: ModelSpec, threads: int, device: str, *, executions: int
     batch_dim = compiled.inputs[0].get_partial_shape()[0]
     supports_batch = batch_dim.is_dynamic or batch_dim.get_length() != 1
     full_name = core.get_property(device, "FULL_DEVICE_NAME")
+    running_at = _inference_precision(compiled)
 
     def run(batch: np.ndarray) -> Sequence[np.ndarray]:
         # share_inputs: the scheduler's stacked batch outlives the call, so OpenVINO may read it in place; the
@@ -87,5 +93,14 @@ def load_openvino(spec: ModelSpec, threads: int, device: str, *, executions: int
             idle_requests.put(request)
         return [result[o] for o in outputs]
 
-    return LoadedModel(backend=name, device=f"{device} ({full_name})", run=run, supports_batch=supports_batch,
-                       parallel=executions)
+    described = f"{full_name}, {running_at}" if running_at else full_name
+    return LoadedModel(backend=name, device=f"{device} ({described})", run=run, supports_batch=supports_batch,
+                       parallel=executions, precision=running_at)
+
+
+def _inference_precision(compiled) -> str:  # noqa: ANN001 - openvino.CompiledModel, imported lazily
+    """The precision the compiled model computes in, e.g. "bf16"; "" where the device does not say."""
+    try:
+        return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    except Exception:  # noqa: BLE001 - a device plugin without this property (some NPU drivers)
+        return ""

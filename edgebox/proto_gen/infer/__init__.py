@@ -644,7 +644,7 @@ class HealthCheckResponse(betterproto2.Message):
     models: "list[str]" = betterproto2.field(10, betterproto2.TYPE_STRING, repeated=True)
     """
     Models loaded so far and what each really runs on (after any fallback), "plugin: backend on device", e.g.
-    ["person: openvino-cpu on CPU (Intel(R) Core(TM) i5-1145G7)", "face: onnxruntime-cuda on CUDA:0"]. A model
+    ["person: openvino-cpu on CPU (Intel(R) Core(TM) i5-1145G7, f32)", "face: onnxruntime-cuda on CUDA:0"]. A model
     loads when the first workflow or call that needs it arrives; one model on two backends is listed twice.
     """
 
@@ -1001,7 +1001,8 @@ class ModelMetrics(betterproto2.Message):
 
     device: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
     """
-    The device, e.g. "CPU (Intel(R) Core(TM) i5-1145G7)", "GPU (Intel(R) Iris(R) Xe Graphics)" or "CUDA:0".
+    The device, e.g. "CPU (Intel(R) Core(TM) i5-1145G7, f32)", "GPU (Intel(R) Iris(R) Xe Graphics, f16)" or
+    "CUDA:0". OpenVINO devices end with the precision the model computes in (engine.openvino_precision).
     """
 
     batch_limit: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
