@@ -86,17 +86,22 @@ async def test_a_crash_with_no_repeats_logs_no_count_after_the_window(mock_clock
     assert len(caplog.records) == 2 and len(tracebacks(caplog)) == 2
 
 
-async def test_the_least_recent_crash_is_forgotten_past_the_bound(mock_clock, caplog, monkeypatch):
+async def test_the_least_recent_crash_is_forgotten_past_the_bound_with_its_count(mock_clock, caplog, monkeypatch):
     monkeypatch.setattr(crash_log, "MAX_TRACKED_CRASHES", 2)
     caplog.set_level(logging.ERROR, logger=log.name)
     crashes = CrashLog(log)
     a = crashes.report("a", _raised(divide, 0))
     crashes.report("b", _raised(divide, 0))
     assert crashes.report("a", _raised(divide, 0)) == a  # a is now the most recent
-    crashes.report("c", _raised(divide, 0))  # forgets b
+    crashes.report("c", _raised(divide, 0))  # forgets b, which had no repeats
     assert crashes.report("a", _raised(divide, 0)) == a
-    crashes.report("b", _raised(divide, 0))
-    assert [r.getMessage().split()[1] for r in tracebacks(caplog)] == ["a", "b", "c", "b"]
+    assert not [r for r in caplog.records if "more time(s)" in r.getMessage()]
+    crashes.report("d", _raised(divide, 0))  # forgets c
+    crashes.report("e", _raised(divide, 0))  # forgets a, so its two repeats are logged
+    assert crashes.report("a", _raised(divide, 0)) != a
+    assert [r.getMessage().split()[1] for r in tracebacks(caplog)] == ["a", "b", "c", "d", "e", "a"]
+    [count] = [r.getMessage() for r in caplog.records if "more time(s)" in r.getMessage()]
+    assert count.startswith("plugin a raised the same error 2 more time(s)") and count.endswith(a)
 
 
 def test_the_signature_names_type_and_places_not_the_message():

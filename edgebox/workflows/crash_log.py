@@ -55,17 +55,22 @@ class CrashLog:
             incident.repeats += 1
             self._incidents.move_to_end(signature)
             return incident.incident_id
-        if incident is not None and incident.repeats:
-            self._log.error("plugin %s raised the same error %d more time(s) within %g s of incident %s",
-                            plugin_name, incident.repeats, self._window_s, incident.incident_id)
+        if incident is not None:
+            self._log_repeats(plugin_name, incident)
         fresh = _Incident(uuid.uuid4().hex[:12], now)
         self._incidents[signature] = fresh
         self._incidents.move_to_end(signature)
         while len(self._incidents) > MAX_TRACKED_CRASHES:
-            self._incidents.popitem(last=False)
+            (forgotten_plugin, _, _), forgotten = self._incidents.popitem(last=False)
+            self._log_repeats(forgotten_plugin, forgotten)
         self._log.error("plugin %s raised on a frame (incident %s; the same crash again within %g s is counted, "
                         "not logged again)", plugin_name, fresh.incident_id, self._window_s, exc_info=exc)
         return fresh.incident_id
+
+    def _log_repeats(self, plugin_name: str, incident: _Incident) -> None:
+        if incident.repeats:
+            self._log.error("plugin %s raised the same error %d more time(s) within %g s of incident %s",
+                            plugin_name, incident.repeats, self._window_s, incident.incident_id)
 
 
 def crash_signature(plugin_name: str, exc: BaseException) -> CrashSignature:
