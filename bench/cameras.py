@@ -1,6 +1,7 @@
 """How many real RTSP cameras this machine carries through edgebox with a real plugin, none dropped.
 
     .venv/bin/python bench/cameras.py [--max 50] [--step 10] [--duration 25] [--fps 2] [--mounts 4] [--plugin person]
+                                       [--openvino-precision auto|f32]
     .venv/bin/python bench/cameras.py --in-process --max 50      # decoding alone: runners in this process
 
 One RTSP server (Debian's gst-rtsp-server, tests/support/rtsp.py) serves `--mounts` shared 640x360 10 fps H.264
@@ -137,7 +138,8 @@ def cpu_model() -> str:
 
 def start_engine(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str, Path]:
     config = {"log_level": args.log_level, "console": {"enabled": False},
-              "engine": {"max_cameras": 10_000, "admission_max_load": args.admission_max_load}}
+              "engine": {"max_cameras": 10_000, "admission_max_load": args.admission_max_load,
+                         "openvino_precision": args.openvino_precision}}
     config_path = workdir / "engine.json"
     config_path.write_text(json.dumps(config))
     log_path = workdir / "engine.log"
@@ -347,6 +349,8 @@ def main() -> None:
                    help="the workflow's built-in plugin: person (SSDLite model, default), motion (no model), face")
     p.add_argument("--admission-max-load", type=float, default=0.9,
                    help="engine.admission_max_load (default 0.9; 0 = no admission control)")
+    p.add_argument("--openvino-precision", choices=("auto", "f32"), default="auto",
+                   help="engine.openvino_precision (default auto: bf16 where the CPU has it)")
     p.add_argument("--log-level", default="WARNING", help="engine log level (default WARNING)")
     p.add_argument("--budget", type=float, default=330.0,
                    help="seconds the whole run may take; no step starts that would pass it (default 330)")
@@ -368,7 +372,8 @@ def main() -> None:
     print(f"# edgebox cameras benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {cpu_model()}, "
           f"{len(os.sched_getaffinity(0))} cores, load average before {os.getloadavg()[0]:.2f}")
     print(f"# {args.mounts} shared RTSP mounts 640x360 at 10 fps (H.264), {args.plugin} workflow, sampling {args.fps:g} "
-          f"fps per camera, {args.duration:g} s per step, admission_max_load {args.admission_max_load:g}")
+          f"fps per camera, {args.duration:g} s per step, admission_max_load {args.admission_max_load:g}, "
+          f"openvino_precision {args.openvino_precision}")
     print(HEADER, flush=True)
     started = time.monotonic()
     steps = asyncio.run(bench(args))
