@@ -52,6 +52,8 @@ class GrpcConfig:
     # Seconds that in-flight calls get to finish after SIGTERM/SIGINT before they are cancelled.
     drain_timeout_s: float = 30.0
     max_message_bytes: int = 64 * 1024 * 1024
+    # Request bytes held at once over all calls (edgebox.api.request_budget); at least max_message_bytes.
+    max_buffered_request_bytes: int = 256 * 1024 * 1024
     tls: TlsConfig | None = None
 
 
@@ -230,10 +232,15 @@ def _parse_grpc(sec: _Section | None, base: Path) -> GrpcConfig:
     port = sec.get("port", int, d.port, _in_range(0, 65535))
     drain = sec.get("drain_timeout_s", float, d.drain_timeout_s, _in_range(0, 3600))
     max_msg = sec.get("max_message_bytes", int, d.max_message_bytes, _in_range(1024, 1 << 30))
+    max_buffered = sec.get("max_buffered_request_bytes", int, max(d.max_buffered_request_bytes, max_msg),
+                           _in_range(1024, 1 << 40))
+    if max_buffered < max_msg:
+        raise ConfigError(sec.key_path("max_buffered_request_bytes"),
+                          f"must be at least grpc.max_message_bytes ({max_msg}), got {max_buffered}")
     tls_sec = sec.section("tls")
     tls = _parse_tls(tls_sec, base) if tls_sec is not None else None
     sec.finish()
-    return GrpcConfig(host, port, drain, max_msg, tls)
+    return GrpcConfig(host, port, drain, max_msg, max_buffered, tls)
 
 
 def _parse_console(sec: _Section | None) -> ConsoleConfig:

@@ -51,6 +51,11 @@ def test_empty_file_gives_the_documented_defaults():
     assert cfg.provision.workflows == () and cfg.provision.cameras == ()
 
 
+def test_the_buffered_request_budget_defaults_to_256_mib_or_one_largest_message():
+    assert parse({}).grpc.max_buffered_request_bytes == 256 * 1024 * 1024
+    assert parse({"grpc": {"max_message_bytes": 512 * 1024 * 1024}}).grpc.max_buffered_request_bytes == 512 * 1024 * 1024
+
+
 def test_no_config_file_gives_defaults_relative_to_the_working_directory(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert load_config(None).data_dir == tmp_path / "var" / "edgebox"
@@ -60,6 +65,7 @@ def test_every_section_accepts_good_values():
     cfg = parse({
         "data_dir": "/srv/state", "plugin_dir": "/opt/plugins", "log_level": "debug",
         "grpc": {"host": "0.0.0.0", "port": 0, "drain_timeout_s": 5, "max_message_bytes": 4096,
+                 "max_buffered_request_bytes": 8192,
                  "tls": {"cert_file": "/c.pem", "key_file": "/k.pem", "client_ca_file": "/ca.pem"}},
         "console": {"enabled": True, "host": "0.0.0.0", "port": 9000, "token": "s3cret"},
         "engine": {"backend": "openvino-cpu", "max_batch_size": 16, "max_queue_delay_ms": 20, "queue_capacity": 10,
@@ -73,6 +79,7 @@ def test_every_section_accepts_good_values():
     assert cfg.log_level == "DEBUG"
     assert cfg.grpc.drain_timeout_s == 5.0 and isinstance(cfg.grpc.drain_timeout_s, float)
     assert cfg.grpc.tls is not None and cfg.grpc.tls.client_ca_file == Path("/ca.pem")
+    assert cfg.grpc.max_buffered_request_bytes == 8192
     assert cfg.console.token == "s3cret"
     assert cfg.engine.max_queue_delay_ms == 20.0
     assert cfg.engine.max_cameras == 4
@@ -103,6 +110,8 @@ def test_every_section_accepts_good_values():
     ({"grpc": {"drain_timeout_s": -1}}, "grpc.drain_timeout_s", "between"),
     ({"grpc": {"drain_timeout_s": float("nan")}}, "grpc.drain_timeout_s", "finite"),
     ({"grpc": {"max_message_bytes": 100}}, "grpc.max_message_bytes", "between"),
+    ({"grpc": {"max_message_bytes": 4096, "max_buffered_request_bytes": 2048}}, "grpc.max_buffered_request_bytes",
+     "at least grpc.max_message_bytes (4096)"),
     ({"grpc": {"tls": {"cert_file": "/c.pem"}}}, "grpc.tls", "key_file"),
     ({"grpc": {"tls": {"cert_file": "/c", "key_file": "/k", "ca": "/x"}}}, "grpc.tls.ca", "unknown key"),
     ({"grpc": {"prot": 1}}, "grpc.prot", "unknown key"),

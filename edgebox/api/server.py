@@ -1,4 +1,4 @@
-"""Hosting grpclib on the bridge's asyncio loop, TLS, the request size limit, and the graceful drain.
+"""Hosting grpclib on the bridge's asyncio loop, TLS, the request size limits, and the graceful drain.
 
 grpclib has no graceful shutdown: `Server.close()` cancels calls in flight. `GrpcServer.drain` therefore
 refuses new calls (UNAVAILABLE, HealthCheck still answers STOPPING), ends result streams, waits for the calls in
@@ -12,8 +12,10 @@ import logging
 import ssl
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 from dataclasses import dataclass
 
+import grpclib.protocol
 import grpclib.server
 import trio
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
@@ -21,6 +23,7 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 
 from edgebox.api.codec import MalformedMessage, PreEncodedProtoCodec
+from edgebox.api.request_budget import REQUEST_BYTES
 from edgebox.api.service import CallTracker, InferenceService
 from edgebox.api.write_coalescing import CoalescingServer
 from edgebox.bridge import Bridge, open_bridge
@@ -37,12 +40,14 @@ class MessageTooLarge(ResourceExhausted):
     """A request message is larger than grpc.max_message_bytes."""
 
 
-def install_message_limit(max_bytes: int) -> None:
-    """Refuse oversized requests from their 5-byte gRPC prefix, before buffering them.
+def install_message_limit(max_bytes: int, max_buffered_bytes: int) -> None:
+    """Refuse oversized requests from their 5-byte gRPC prefix, before buffering them: one message over
+    `max_bytes`, or one that would take the requests held at once past `max_buffered_bytes` (REQUEST_BYTES).
 
     grpclib reads any declared length into memory and has no limit option, so its module-level reader is
     replaced (grpclib is pinned; tests/api/test_limits.py checks this still works).
     """
+    REQUEST_BYTES.limit = max_buffered_bytes
 
     async def recv_exactly(stream, size: int, problem: str) -> bytes:  # noqa: ANN001 - grpclib's stream
         try:
@@ -62,12 +67,32 @@ def install_message_limit(max_bytes: int) -> None:
         if length > max_bytes:
             raise MessageTooLarge(f"the request message is {length} bytes; this engine accepts at most "
                                   f"{max_bytes} (grpc.max_message_bytes)")
+        REQUEST_BYTES.hold(stream, length)  # released at the stream's next message or its end (EdgeboxServer)
         data = await recv_exactly(stream, length, f"the request message ended before its {length} bytes")
         if len(data) != length:
             raise MalformedMessage(f"the request message ended after {len(data)} of {length} bytes")
         return codec.decode(data, message_type)
 
     grpclib.server.recv_message = recv_limited
+
+
+class EdgeboxServer(CoalescingServer):
+    """The engine's grpclib server: coalesced writes, and every stream's request bytes released when it ends."""
+
+    def _protocol_factory(self) -> grpclib.protocol.H2Protocol:
+        protocol = super()._protocol_factory()
+        handler = protocol.handler  # one per connection; accept() is called for each new stream
+        accept = handler.accept
+
+        def accept_releasing(stream: grpclib.protocol.Stream, headers: Any, release_stream: Any) -> None:
+            def release() -> None:  # grpclib calls it once the stream's handler is done, whatever happened
+                REQUEST_BYTES.release(stream)
+                release_stream()
+
+            accept(stream, headers, release)
+
+        handler.accept = accept_releasing
+        return protocol
 
 
 def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -128,7 +153,7 @@ class GrpcServer:
 @contextlib.asynccontextmanager
 async def open_grpc_server(config: GrpcConfig, node: Node) -> AsyncIterator[GrpcServer]:
     """Start the asyncio thread and the gRPC server on it; on exit close both (calls are drained by then)."""
-    install_message_limit(config.max_message_bytes)
+    install_message_limit(config.max_message_bytes, config.max_buffered_request_bytes)
     ssl_context = server_ssl_context(config.tls) if config.tls is not None else None
     async with open_bridge() as bridge:
 
@@ -137,7 +162,7 @@ async def open_grpc_server(config: GrpcConfig, node: Node) -> AsyncIterator[Grpc
             service = InferenceService(node, bridge, tracker)
             health_status = ServiceStatus()
             health = Health({service: [health_status], OVERALL: [health_status]})
-            server = CoalescingServer([service, health], codec=PreEncodedProtoCodec(),
+            server = EdgeboxServer([service, health], codec=PreEncodedProtoCodec(),
                                       status_details_codec=ProtoStatusDetailsCodec())
             await server.start(config.host, config.port, ssl=ssl_context, reuse_address=True)
             port = server._server.sockets[0].getsockname()[1]  # grpclib does not expose the bound port

@@ -7,7 +7,10 @@ the pinned grpclib.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpclib.server
@@ -144,3 +147,80 @@ async def test_unary_request_without_a_message_returns_invalid_argument(aio, eng
 async def test_unknown_fields_are_ignored_as_protobuf_does(aio, engine):
     reply = await aio.run(raw_call, engine.host, engine.port, HEALTH, message=b"\xa0\x06\x01")  # field 100
     assert pb.HealthCheckResponse.FromString(reply).status == pb.HealthStatus.SERVING
+
+
+# -- requests held at once, over all calls (grpc.max_buffered_request_bytes) ----------------------------------------
+BUDGET_MESSAGE_BYTES = 2 * 1024 * 1024
+BUDGET_BYTES = 5 * 1024 * 1024  # two announced 2 MiB messages fit, a third does not
+
+
+@pytest.fixture(scope="module")
+def budget_engine(tmp_path_factory):
+    proc = start_engine_process(tmp_path_factory.mktemp("budget"), {"grpc": {
+        "max_message_bytes": BUDGET_MESSAGE_BYTES, "max_buffered_request_bytes": BUDGET_BYTES}})
+    yield proc
+    code = proc.stop()
+    assert code == 0, proc.log()
+
+
+def bgr_request(width: int = 1000, height: int = 600) -> bytes:
+    frame = pb.Frame(image_data=b"\x00" * (width * height * 3), format=pb.PixelFormat.BGR8, width=width, height=height)
+    return bytes(pb.InferRequest(plugin="motion", frame=frame))
+
+
+async def until_outcome(call: Callable[[], Awaitable[bytes]], wanted: Callable[[EdgeboxClientError | None], bool],
+                        what: str) -> EdgeboxClientError | None:
+    """Repeat `call` until its outcome (None for OK) is `wanted`: the server's reads run on their own schedule."""
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        try:
+            await call()
+            outcome = None
+        except EdgeboxClientError as exc:
+            outcome = exc
+        if wanted(outcome):
+            return outcome
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: last outcome {outcome}"
+        await asyncio.sleep(0.05)
+
+
+async def test_messages_held_at_once_past_max_buffered_request_bytes_are_refused_and_given_back(aio, budget_engine):
+    host, port = budget_engine.host, budget_engine.port
+
+    def refused(outcome: EdgeboxClientError | None) -> bool:
+        return outcome is not None and outcome.status is Status.RESOURCE_EXHAUSTED
+
+    async def scenario() -> tuple[EdgeboxClientError, list[EdgeboxClientError | None]]:
+        # Two calls announce 2 MiB messages and send 1 KiB of each: the engine holds 4 MiB for them.
+        async with contextlib.AsyncExitStack() as held:
+            channel = Channel(host, port, codec=RawCodec(), status_details_codec=ProtoStatusDetailsCodec())
+            held.callback(channel.close)
+            for _ in range(2):
+                stream = await held.enter_async_context(
+                    channel.request(INFER, Cardinality.UNARY_UNARY, bytes, bytes, timeout=60))
+                await stream.send_request()
+                await stream._stream.send_data(struct.pack(">BI", 0, BUDGET_MESSAGE_BYTES) + bytes(1024))
+                held.push_async_callback(stream.cancel)
+            # A third 2 MiB message does not fit; until the engine has read both prefixes it may still be taken
+            # (an undecodable one, so that it only costs a quick INVALID_ARGUMENT).
+            undecodable = b"\x0f" * BUDGET_MESSAGE_BYTES
+            full = await until_outcome(lambda: raw_call(host, port, INFER, message=undecodable), refused,
+                                       "a third message while two are held")
+            assert (await raw_call(host, port, HEALTH, message=b"")), "a small call still fits"
+        # The two held calls are cancelled: their bytes go back, and stay back call after call.
+        await until_outcome(lambda: raw_call(host, port, INFER, message=bgr_request()), lambda o: o is None,
+                            "a 2 MiB message once the held calls are gone")
+        after = []
+        for _ in range(3):  # a leak of one message per call would refuse the third
+            try:
+                await raw_call(host, port, INFER, message=bgr_request())
+                after.append(None)
+            except EdgeboxClientError as exc:
+                after.append(exc)
+        return full, after
+
+    full, after = await aio.run(scenario)
+    check(full, Status.RESOURCE_EXHAUSTED, ErrorCode.RESOURCE_EXHAUSTED)
+    assert "grpc.max_buffered_request_bytes" in full.message and "retry after" in full.message.lower(), full.message
+    assert after == [None, None, None]
+    assert budget_engine.proc.poll() is None
