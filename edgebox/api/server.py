@@ -12,8 +12,8 @@ import logging
 import ssl
 import struct
 from collections.abc import AsyncIterator
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import grpclib.protocol
 import grpclib.server
@@ -163,7 +163,7 @@ async def open_grpc_server(config: GrpcConfig, node: Node) -> AsyncIterator[Grpc
             health_status = ServiceStatus()
             health = Health({service: [health_status], OVERALL: [health_status]})
             server = EdgeboxServer([service, health], codec=PreEncodedProtoCodec(),
-                                      status_details_codec=ProtoStatusDetailsCodec())
+                                   status_details_codec=ProtoStatusDetailsCodec())
             await server.start(config.host, config.port, ssl=ssl_context, reuse_address=True)
             port = server._server.sockets[0].getsockname()[1]  # grpclib does not expose the bound port
             return GrpcServer(bridge, server, tracker, health_status, config.host, port)

@@ -98,7 +98,7 @@ def load_openvino(spec: ModelSpec, threads: int, device: str, *, executions: int
                        parallel=executions, precision=running_at)
 
 
-def _inference_precision(compiled) -> str:  # noqa: ANN001 - openvino.CompiledModel, imported lazily
+def _inference_precision(compiled) -> str:  # compiled: openvino.CompiledModel, imported lazily
     """The precision the compiled model computes in, e.g. "bf16"; "" where the device does not say."""
     try:
         return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
