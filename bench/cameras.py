@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgebox.client import EdgeboxClient, EdgeboxClientError
+from edgebox.config import OPENVINO_PRECISIONS
 from edgebox.proto_gen import infer as pb
 from tests.support.rtsp import RtspServer, gi_rtsp_available, image_mount, pattern_mount
 
@@ -349,7 +350,7 @@ def main() -> None:
                    help="the workflow's built-in plugin: person (SSDLite model, default), motion (no model), face")
     p.add_argument("--admission-max-load", type=float, default=0.9,
                    help="engine.admission_max_load (default 0.9; 0 = no admission control)")
-    p.add_argument("--openvino-precision", choices=("auto", "f32"), default="auto",
+    p.add_argument("--openvino-precision", choices=OPENVINO_PRECISIONS, default="auto",
                    help="engine.openvino_precision (default auto: bf16 where the CPU has it)")
     p.add_argument("--log-level", default="WARNING", help="engine log level (default WARNING)")
     p.add_argument("--budget", type=float, default=330.0,

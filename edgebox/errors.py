@@ -7,6 +7,7 @@ web console both read it. It does not import grpclib or starlette.
 from __future__ import annotations
 
 import enum
+import uuid
 from typing import ClassVar
 
 from edgebox.limits import MAX_ERROR_MESSAGE_CHARS
@@ -140,6 +141,11 @@ class GpuOutOfMemory(EdgeboxError):
 
 class InternalError(EdgeboxError):
     code = ErrorCode.INTERNAL_ERROR
+
+
+def new_incident_id() -> str:
+    """The id that ties an INTERNAL_ERROR's message to the traceback logged for it."""
+    return uuid.uuid4().hex[:12]
 
 
 class ConfigError(Exception):

@@ -7,14 +7,13 @@ starts with "[code NAME]" for people. No traceback ever reaches a client; it goe
 from __future__ import annotations
 
 import logging
-import uuid
 
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from edgebox.errors import EdgeboxError, InternalError
+from edgebox.errors import EdgeboxError, InternalError, new_incident_id
 
 log = logging.getLogger("edgebox.api")
 
@@ -33,7 +32,7 @@ def to_grpc_error(exc: EdgeboxError) -> GRPCError:
 
 def internal_error(method: str, exc: BaseException) -> GRPCError:
     """Log an unexpected exception with an incident id and return the INTERNAL_ERROR status naming it."""
-    incident = uuid.uuid4().hex[:12]
+    incident = new_incident_id()
     log.error("unexpected error in %s (incident %s)", method, incident, exc_info=exc)
     return to_grpc_error(InternalError(f"unexpected error in {method} (incident {incident}); the engine log "
                                        "has the details; please report it"))

@@ -8,9 +8,9 @@ when it reads the next. This module owns only that count; edgebox.api.server rea
 
 from __future__ import annotations
 
+from edgebox.config import GrpcConfig
 from edgebox.errors import ResourceExhausted
 
-DEFAULT_MAX_BUFFERED_REQUEST_BYTES = 256 * 1024 * 1024
 RETRY_AFTER_S = 1.0
 
 
@@ -21,7 +21,7 @@ class RequestBufferFull(ResourceExhausted):
 class RequestBytesBudget:
     """Counts the request bytes held per call (asyncio thread only); `hold` refuses what does not fit."""
 
-    def __init__(self, limit: int = DEFAULT_MAX_BUFFERED_REQUEST_BYTES) -> None:
+    def __init__(self, limit: int = GrpcConfig.max_buffered_request_bytes) -> None:
         self.limit = limit
         self.in_use = 0
         self._held: dict[int, int] = {}  # id of grpclib's protocol stream -> bytes its current message holds

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import traceback
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
+
+from edgebox.errors import new_incident_id
 
 # Identical crashes within this many seconds of a logged traceback share its incident id and are only counted.
 CRASH_REPEAT_WINDOW_S = 60.0
@@ -39,38 +39,35 @@ class CrashLog:
     log. The count of repeats is logged with the first identical crash after the window, before its new traceback.
     """
 
-    def __init__(self, logger: logging.Logger, *, window_s: float = CRASH_REPEAT_WINDOW_S,
-                 clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(self, logger: logging.Logger) -> None:
         self._log = logger
-        self._window_s = window_s
-        self._clock = clock
         self._incidents: OrderedDict[CrashSignature, _Incident] = OrderedDict()
 
     def report(self, plugin_name: str, exc: BaseException) -> str:
         """Record one crash of `plugin_name`; returns the incident id under which its traceback is logged."""
         signature = crash_signature(plugin_name, exc)
-        now = self._clock()
+        now = trio.current_time()
         incident = self._incidents.get(signature)
-        if incident is not None and now - incident.logged_at < self._window_s:
+        if incident is not None and now - incident.logged_at < CRASH_REPEAT_WINDOW_S:
             incident.repeats += 1
             self._incidents.move_to_end(signature)
             return incident.incident_id
         if incident is not None:
             self._log_repeats(plugin_name, incident)
-        fresh = _Incident(uuid.uuid4().hex[:12], now)
+        fresh = _Incident(new_incident_id(), now)
         self._incidents[signature] = fresh
         self._incidents.move_to_end(signature)
         while len(self._incidents) > MAX_TRACKED_CRASHES:
             (forgotten_plugin, _, _), forgotten = self._incidents.popitem(last=False)
             self._log_repeats(forgotten_plugin, forgotten)
         self._log.error("plugin %s raised on a frame (incident %s; the same crash again within %g s is counted, "
-                        "not logged again)", plugin_name, fresh.incident_id, self._window_s, exc_info=exc)
+                        "not logged again)", plugin_name, fresh.incident_id, CRASH_REPEAT_WINDOW_S, exc_info=exc)
         return fresh.incident_id
 
     def _log_repeats(self, plugin_name: str, incident: _Incident) -> None:
         if incident.repeats:
             self._log.error("plugin %s raised the same error %d more time(s) within %g s of incident %s",
-                            plugin_name, incident.repeats, self._window_s, incident.incident_id)
+                            plugin_name, incident.repeats, CRASH_REPEAT_WINDOW_S, incident.incident_id)
 
 
 def crash_signature(plugin_name: str, exc: BaseException) -> CrashSignature:
