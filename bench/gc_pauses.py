@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.grpc_calls import PY, BenchError, add_cameras, free_port, wait_line  # noqa: E402
+from bench.grpc_calls import PY, BenchError, add_cameras, free_port, wait_line
 
 START_TIMEOUT_S = 120.0
 RUN_ENGINE = "import runpy, sys; sys.argv[0] = 'edgebox'; runpy.run_module('edgebox', run_name='__main__')"
@@ -77,7 +77,7 @@ def run_variant(variant: str, args: argparse.Namespace, tmp: Path) -> dict:
                                 env=dict(os.environ))
         try:
             wait_line(proc, "EDGEBOX READY", START_TIMEOUT_S)
-            asyncio.run(add_cameras(grpc_port, args.cameras, args.fps, args.plugins))
+            asyncio.run(add_cameras(grpc_port, args.cameras, args.fps, args.plugins, urls=[]))  # demo:// cameras
             before = scrape(console_port)
             time.sleep(args.duration)
             after = scrape(console_port)
