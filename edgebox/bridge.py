@@ -42,7 +42,7 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 class _TrioCall:
     """One asyncio->trio call: lets the asyncio side cancel the trio task it started."""
 
-    __slots__ = ("scope", "cancelled")
+    __slots__ = ("cancelled", "scope")
 
     def __init__(self) -> None:
         self.scope: trio.CancelScope | None = None

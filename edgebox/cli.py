@@ -37,7 +37,7 @@ def _engine_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _load(args: argparse.Namespace, config_path: Path | None):  # noqa: ANN202 - returns Config
+def _load(args: argparse.Namespace, config_path: Path | None):  # -> Config, imported lazily
     from edgebox.config import load_config, with_overrides
 
     cfg = load_config(config_path)
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace, config_path: Path | None) -> int:
     fix_malloc_thresholds()  # before any model or camera allocates (edgebox/memory.py says why)
     limit_malloc_arenas()  # before the engine starts its threads
 
-    def on_ready(endpoints) -> None:  # noqa: ANN001
+    def on_ready(endpoints) -> None:
         # One stable line on stdout for supervisors and tests (ports may have been chosen by the OS).
         print(f"EDGEBOX READY grpc={endpoints.grpc} console={endpoints.console or '-'}", flush=True)
 

@@ -13,7 +13,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from google.rpc import error_details_pb2
 from grpclib.client import Channel
@@ -65,7 +65,7 @@ class EdgeboxClient:
         # Streams live as long as the caller reads them: no default deadline.
         self.stream_stub = pb.InferenceServiceStub(self.channel)
 
-    async def __aenter__(self) -> EdgeboxClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:

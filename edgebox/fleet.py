@@ -118,7 +118,7 @@ class CameraFleet:
             for row in rows:
                 try:
                     self._start(self._build(row.camera_id, row.url, row.workflow_id, row.options))
-                except Exception as exc:  # a stored camera that no longer validates stays visible in the log
+                except Exception as exc:  # noqa: BLE001 - a stored camera that no longer validates is logged
                     log.error("stored camera %s cannot start: %s", row.camera_id, exc)
             log.info("restored %d camera(s)", len(self._cameras))
             task_status.started()

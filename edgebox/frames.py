@@ -187,7 +187,7 @@ def draw_detections(image: np.ndarray, detections: list[dict]) -> np.ndarray:
     canvas = image.copy()
     thickness = max(2, image.shape[1] // 400)
     for det in detections:
-        x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
+        x1, y1, x2, y2 = (round(v) for v in det["box"])
         colour = BOX_COLOURS.get(det["label"], (219, 152, 52))
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
         text = f"{det['label']} {det['score']:.2f}"

@@ -122,11 +122,11 @@ def process_rss_bytes() -> int:
         return 0
 
 
-def _label_sets(metric) -> Iterable[tuple[str, ...]]:  # noqa: ANN001
+def _label_sets(metric) -> Iterable[tuple[str, ...]]:
     return list(metric._metrics.keys())  # prometheus-client has no public listing of children
 
 
-def _remove(metric, labels: tuple[str, ...]) -> None:  # noqa: ANN001
+def _remove(metric, labels: tuple[str, ...]) -> None:
     try:
         metric.remove(*labels)
     except KeyError:

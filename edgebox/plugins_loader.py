@@ -99,14 +99,14 @@ def load_plugin(folder: Path) -> Plugin:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
         cls = getattr(module, manifest["class"])
-    except Exception as exc:  # a plugin's import may fail in any way; report it, never crash the engine
+    except Exception as exc:  # noqa: BLE001 - a plugin's import may fail in any way; report, never crash
         sys.modules.pop(module_name, None)
         raise PluginLoadFailed(f"{module_path}: import failed: {type(exc).__name__}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Plugin)):
         raise PluginLoadFailed(f"{module_path}: {manifest['class']} is not a subclass of edgebox.plugin_api.Plugin")
     try:
         plugin = cls(name, folder, manifest)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as above, for the plugin's constructor
         raise PluginLoadFailed(f"{module_path}: {manifest['class']}() raised {type(exc).__name__}: {exc}") from None
     plugin.model = model
     plugin.labels = tuple(manifest.get("labels", plugin.labels))

@@ -15,7 +15,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 def _documented_keys() -> set[str]:
     section = DOC.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
     keys: set[str] = set()
-    for row in re.findall(r"^\| (`[^|]+`) \|", section, re.M):
+    for row in re.findall(r"^\| (`[^|]+`) \|", section, re.MULTILINE):
         keys.update(re.findall(r"`([a-z0-9_.]+)`", row))
     return keys
 

@@ -46,7 +46,7 @@ class PreEncodedProtoCodec(ProtoCodec):
             if hasattr(message_type, "_betterproto"):
                 check_wire_format(memoryview(data), message_type)
             return message_type.FromString(data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the library raises many types for bad bytes; all are the client's
             raise MalformedMessage(f"the request is not a valid {message_type.__name__} message: {exc}") from None
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from edgebox.api.codec import WIRE_VARINT, encode_message, encode_varint, field_key
-from edgebox.cameras import mask_url
 from edgebox.camera_listing import CameraSnapshot
+from edgebox.cameras import mask_url
 from edgebox.node import ClientFrame, Health, MetricsSnapshot
 from edgebox.proto_gen import infer as pb
 from edgebox.results import Result

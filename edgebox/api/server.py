@@ -49,13 +49,13 @@ def install_message_limit(max_bytes: int, max_buffered_bytes: int) -> None:
     """
     REQUEST_BYTES.limit = max_buffered_bytes
 
-    async def recv_exactly(stream, size: int, problem: str) -> bytes:  # noqa: ANN001 - grpclib's stream
+    async def recv_exactly(stream, size: int, problem: str) -> bytes:  # stream: grpclib's, untyped
         try:
             return await stream.recv_data(size)
         except AssertionError:  # grpclib's buffer asserts when the stream ends within the bytes asked for
             raise MalformedMessage(problem) from None
 
-    async def recv_limited(stream, codec, message_type):  # noqa: ANN001, ANN202 - grpclib's signature
+    async def recv_limited(stream, codec, message_type):  # grpclib's reader signature
         meta = await recv_exactly(stream, 5, "the request ended inside a message prefix")
         if not meta:
             return None
@@ -128,7 +128,7 @@ class GrpcServer:
             self.health_status.set(False)
             try:
                 await asyncio.wait_for(self.tracker.wait_idle(), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             return self.tracker.in_flight
 
@@ -144,7 +144,7 @@ class GrpcServer:
             self.server.close()
             try:
                 await asyncio.wait_for(self.server.wait_closed(), CLOSE_TIMEOUT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("gRPC connections did not close within %.0f s", CLOSE_TIMEOUT_S)
 
         await self.bridge.call_in_asyncio(close_in_asyncio)

@@ -39,7 +39,7 @@ def parse_probe(stdout: bytes) -> LibraryProbe:
         raise ValueError("it printed nothing")
     data = json.loads(lines[-1])
     if not isinstance(data, dict):
-        raise ValueError(f"it printed {lines[-1][:80]!r}, not a JSON object")
+        raise ValueError(f"it printed {lines[-1][:80]!r}, not a JSON object")  # noqa: TRY004 - its output
     try:
         return LibraryProbe(
             onnxruntime_providers=tuple(str(p) for p in data["onnxruntime_providers"]),

@@ -140,7 +140,7 @@ class WorkflowRuntime:
             except EdgeboxError as exc:
                 errors[plugin.name] = exc.client_message()
                 first_error = first_error or exc
-            except Exception as exc:  # a plugin bug fails only its own part of the result
+            except Exception as exc:  # noqa: BLE001 - a plugin bug fails only its own part of the result
                 incident = self._crashes.report(plugin.name, exc)
                 errors[plugin.name] = f"{type(exc).__name__}: {exc} (incident {incident})"
                 first_error = first_error or _plugin_crash(plugin, exc, incident)
