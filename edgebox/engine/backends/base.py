@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebox.config import EngineConfig
+
 OOM_MARKERS = ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation", "bad_alloc")
 
 
@@ -22,8 +24,10 @@ class LoadOptions:
     max_batch_size: int = 8  # the largest batch the scheduler will send (TensorRT profiles and warm-up)
     # A writable per-node folder for compiled engines (TensorRT); None = the backend keeps nothing on disk.
     cache_dir: Path | None = None
-    tensorrt_fp16: bool = False
-    openvino_precision: str = "auto"  # config OPENVINO_PRECISIONS: "auto" (the device's choice) or "f32"
+    # The engine config's defaults, so that a loader called without the config (benchmarks, tests) runs as the
+    # engine does.
+    tensorrt_fp16: bool = EngineConfig.tensorrt_fp16
+    openvino_precision: str = EngineConfig.openvino_precision  # config.OPENVINO_PRECISIONS
 
 
 @dataclass
