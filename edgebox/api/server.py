@@ -23,9 +23,9 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 
 from edgebox.api.codec import MalformedMessage, PreEncodedProtoCodec
+from edgebox.api.protocol import Http2Server
 from edgebox.api.request_budget import REQUEST_BYTES
 from edgebox.api.service import CallTracker, InferenceService
-from edgebox.api.write_coalescing import CoalescingServer
 from edgebox.bridge import Bridge, open_bridge
 from edgebox.config import GrpcConfig, TlsConfig
 from edgebox.errors import ResourceExhausted
@@ -76,8 +76,9 @@ def install_message_limit(max_bytes: int, max_buffered_bytes: int) -> None:
     grpclib.server.recv_message = recv_limited
 
 
-class EdgeboxServer(CoalescingServer):
-    """The engine's grpclib server: coalesced writes, and every stream's request bytes released when it ends."""
+class EdgeboxServer(Http2Server):
+    """The engine's grpclib server: edgebox's HTTP/2 connection with coalesced writes (Http2Server), and every
+    stream's request bytes released when it ends."""
 
     def _protocol_factory(self) -> grpclib.protocol.H2Protocol:
         protocol = super()._protocol_factory()

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any, cast
-
-import grpclib.server
-from grpclib.protocol import H2Protocol
+from typing import Any
 
 FRAME_HEADER = struct.Struct(">I")  # HTTP/2 frame header: 24-bit length, 8-bit type, then flags (RFC 9113 4.1)
 DATA_FRAME, HEADERS_FRAME = 0x0, 0x1
@@ -109,19 +106,3 @@ class CoalescingTransport(asyncio.Transport):
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._inner.get_protocol()
-
-
-class CoalescingH2Protocol(H2Protocol):
-    """grpclib's server-side protocol, writing through a `CoalescingTransport`."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, hence the cast rather than a check
-        super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport), asyncio.get_running_loop()))
-
-
-class CoalescingServer(grpclib.server.Server):
-    """`grpclib.server.Server` whose connections write through a `CoalescingTransport`."""
-
-    def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()  # also registers the connection's handler with the server
-        return CoalescingH2Protocol(protocol.handler, protocol.config, protocol.h2_config)

@@ -13,7 +13,8 @@ from grpclib.health.service import Health
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
-from edgebox.api.write_coalescing import CoalescingServer, CoalescingTransport, ends_a_stream
+from edgebox.api.protocol import Http2Server
+from edgebox.api.write_coalescing import CoalescingTransport, ends_a_stream
 
 
 class RecordingTransport(asyncio.Transport):
@@ -124,7 +125,7 @@ def test_a_real_server_answers_many_calls_with_about_one_write_each(monkeypatch)
     calls = 50
 
     async def main():
-        server = CoalescingServer([Health()])
+        server = Http2Server([Health()])
         await server.start("127.0.0.1", 0)
         port = server._server.sockets[0].getsockname()[1]
         channel = Channel("127.0.0.1", port)
