@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Go client set-up: protoc plugins, grpcurl, module downloads, and the generated Go stubs in
+# Go client set-up: protoc plugins, grpcurl, h2spec, module downloads, and the generated Go stubs in
 # clients/go/{inferpb,managerpb}.
 #
-#   bash scripts/setup-go.sh             # install protoc-gen-go/-go-grpc + grpcurl into clients/go/.bin, go mod download
+#   bash scripts/setup-go.sh             # install protoc-gen-go/-go-grpc, grpcurl, h2spec into clients/go/.bin;
+#                                        # go mod download
 #   bash scripts/setup-go.sh --generate  # ... and regenerate the Go stubs from proto/*.proto
 #   bash scripts/setup-go.sh --check     # ... and fail (exit 1) if the committed Go stubs are stale
 #
 # Idempotent and fast when done. The tool versions (protoc plugins; grpcurl, which tests/test_docs_api.py uses to
-# run the docs/api.md examples) are the `tool` lines of clients/go/go.mod, pinned by its requires and go.sum;
-# protoc is the one inside grpcio-tools in the project's .venv, so the Python and Go stubs come from the
-# same compiler. Never edit the stubs by hand: change the .proto and run --generate.
+# run the docs/api.md examples; h2spec, the HTTP/2 conformance suite that tests/api/http2 runs) are the `tool`
+# lines of clients/go/go.mod, pinned by its requires and go.sum; protoc is the one inside grpcio-tools in the
+# project's .venv, so the Python and Go stubs come from the same compiler. Never edit the stubs by hand: change
+# the .proto and run --generate.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GO_DIR="$ROOT/clients/go"
@@ -27,10 +29,10 @@ esac
 
 command -v go >/dev/null || { echo "setup-go: 'go' is not on PATH (Go >= 1.26 is needed)" >&2; exit 1; }
 
-# 1. Tools (protoc plugins, grpcurl), rebuilt only when go.mod/go.sum change or one is missing.
+# 1. Tools (protoc plugins, grpcurl, h2spec), rebuilt only when go.mod/go.sum change or one is missing.
 stamp="$BIN/.stamp-$(cat "$GO_DIR/go.mod" "$GO_DIR/go.sum" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ ! -x "$BIN/protoc-gen-go" ] || [ ! -x "$BIN/protoc-gen-go-grpc" ] \
-   || [ ! -x "$BIN/grpcurl" ]; then
+   || [ ! -x "$BIN/grpcurl" ] || [ ! -x "$BIN/h2spec" ]; then
   mkdir -p "$BIN"
   (cd "$GO_DIR" && GOBIN="$BIN" go install tool)
   rm -f "$BIN"/.stamp-* && touch "$stamp"
