@@ -244,14 +244,21 @@ class Node:
             models=tuple(str(info) for info in self.loaded_models()),
         )
 
-    def health(self) -> Health:
-        """The node's health; safe on any thread: it reads one reference the trio thread publishes whole."""
+    def health_facts(self) -> HealthFacts:
+        """What the trio thread last published; safe on any thread: one reference, replaced whole."""
         facts = self._health_facts
         assert facts is not None  # published in __post_init__
+        return facts
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_mono
+
+    def health(self) -> Health:
+        """The node's health now; safe on any thread (see health_facts)."""
+        facts = self.health_facts()
         return Health(status=facts.status, timestamp_ms=int(time.time() * 1000), gpu_available=facts.gpu_available,
                       plugins=list(facts.plugins), plugin_errors=list(facts.plugin_errors),
-                      backends=list(facts.backends), uptime_s=time.monotonic() - self.started_mono,
-                      models=list(facts.models))
+                      backends=list(facts.backends), uptime_s=self.uptime_s(), models=list(facts.models))
 
     def loaded_models(self) -> list[LoadedModelInfo]:
         """Each loaded model with the backend and device it really runs on (after any fallback)."""

@@ -19,14 +19,14 @@ from edgebox.errors import InvalidRequest
 
 # The wire type each proto type must arrive with. betterproto2's parser does not check it (a message field sent
 # as a varint decodes to an int, a length past the end is cut short), so requests are checked here first.
-WIRE_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+WIRE_VARINT, WIRE_FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _WIRE_TYPE = {
     **dict.fromkeys(("string", "bytes", "message", "map"), _LEN),
     **dict.fromkeys(("float", "fixed32", "sfixed32"), _FIXED32),
-    **dict.fromkeys(("double", "fixed64", "sfixed64"), _FIXED64),
+    **dict.fromkeys(("double", "fixed64", "sfixed64"), WIRE_FIXED64),
 }
 _MAX_DEPTH = 32
-_DOUBLE, _FLOAT = struct.Struct("<d"), struct.Struct("<f")
+DOUBLE, _FLOAT = struct.Struct("<d"), struct.Struct("<f")
 
 
 class MalformedMessage(InvalidRequest):
@@ -101,7 +101,7 @@ def _payload(proto_type: str, value: Any) -> bytes | None:
         number = int(value)
         return encode_varint(number) if number >= 0 else None
     if proto_type == "double":
-        return _DOUBLE.pack(value)
+        return DOUBLE.pack(value)
     if proto_type == "float":
         return _FLOAT.pack(value)
     return None
@@ -182,8 +182,8 @@ def check_wire_format(data: memoryview, message_type: Any, depth: int = 0) -> No
         start = i
         if wire == WIRE_VARINT:
             _, i = _varint(data, i)
-        elif wire in (_FIXED64, _FIXED32):
-            i += 8 if wire == _FIXED64 else 4
+        elif wire in (WIRE_FIXED64, _FIXED32):
+            i += 8 if wire == WIRE_FIXED64 else 4
         elif wire == _LEN:
             length, start = _varint(data, i)
             i = start + length

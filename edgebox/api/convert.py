@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgebox.api.codec import WIRE_VARINT, encode_message, encode_varint, field_key
+from edgebox import __version__
+from edgebox.api.codec import DOUBLE, WIRE_FIXED64, WIRE_VARINT, encode_message, encode_varint, field_key
 from edgebox.camera_listing import CameraSnapshot
 from edgebox.cameras import mask_url
-from edgebox.node import ClientFrame, Health, MetricsSnapshot
+from edgebox.node import ClientFrame, HealthFacts, MetricsSnapshot
 from edgebox.proto_gen import infer as pb
 from edgebox.results import Result
 from edgebox.workflows.registry import WorkflowEntry
@@ -101,19 +102,30 @@ def encode_result(result: Result, with_image: bool) -> bytes:
     return encode_message(infer_result(result, with_image))
 
 
-def health_response(health: Health) -> pb.HealthCheckResponse:
-    return pb.HealthCheckResponse(
-        status=pb.HealthStatus[health.status],
-        timestamp=health.timestamp_ms,
-        gpu_available=health.gpu_available,
-        plugin_count=len(health.plugins),
-        version=health.version,
-        uptime_s=health.uptime_s,
-        plugins=health.plugins,
-        backends=health.backends,
-        plugin_errors=health.plugin_errors,
-        models=health.models,
-    )
+class HealthReplies:
+    """HealthCheck's reply bytes. The published facts are encoded once per publication; each call adds only the
+    clock's two fields, in field order, so the bytes equal `encode_message` of the whole message (the probe call
+    is the most frequent one: docs/benchmarks.md, gRPC)."""
+
+    def __init__(self) -> None:
+        self._facts: HealthFacts | None = None
+        self._parts = (b"", b"", b"")  # fields 1; 3-5; 7-10
+
+    def encode(self, facts: HealthFacts, timestamp_ms: int, uptime_s: float) -> bytes:
+        if facts is not self._facts:
+            self._parts = (
+                encode_message(pb.HealthCheckResponse(status=pb.HealthStatus[facts.status])),
+                encode_message(pb.HealthCheckResponse(gpu_available=facts.gpu_available,
+                                                      plugin_count=len(facts.plugins), version=__version__)),
+                encode_message(pb.HealthCheckResponse(plugins=list(facts.plugins), backends=list(facts.backends),
+                                                      plugin_errors=list(facts.plugin_errors),
+                                                      models=list(facts.models))),
+            )
+            self._facts = facts
+        status, middle, lists = self._parts
+        timestamp = field_key(2, WIRE_VARINT) + encode_varint(timestamp_ms) if timestamp_ms > 0 else b""
+        uptime = field_key(6, WIRE_FIXED64) + DOUBLE.pack(uptime_s) if uptime_s else b""
+        return status + timestamp + middle + uptime + lists
 
 
 def metrics_response(m: MetricsSnapshot) -> pb.MetricsResponse:

@@ -92,6 +92,7 @@ class InferenceService(pb.InferenceServiceBase):
         self.tracker = tracker
         self._listed: CameraListing | None = None  # the listing whose encoded reply is `_listed_reply`
         self._listed_reply = b""
+        self._health_replies = convert.HealthReplies()
 
     # -- guarding, in one place --------------------------------------------------------------------------
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -287,9 +288,9 @@ class InferenceService(pb.InferenceServiceBase):
             self.bridge.run_in_trio_soon(lambda: self.node.hub.unsubscribe(subscription))
 
     # -- health and metrics -------------------------------------------------------------------------------
-    async def health_check(self, message: pb.HealthCheckRequest) -> pb.HealthCheckResponse:
+    async def health_check(self, message: pb.HealthCheckRequest) -> bytes:
         # Answered here, from what the trio thread published: a busy trio thread (50 cameras) cannot delay it.
-        return convert.health_response(self.node.health())
+        return self._health_replies.encode(self.node.health_facts(), int(time.time() * 1000), self.node.uptime_s())
 
     async def get_metrics(self, message: pb.MetricsRequest) -> pb.MetricsResponse:
         return await self._trio_sync(lambda: convert.metrics_response(self.node.metrics_snapshot()))

@@ -14,7 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgebox import __version__
 from edgebox.api.codec import encode_message
+from edgebox.api.convert import HealthReplies
+from edgebox.node import HealthFacts
 from edgebox.proto_gen import infer, manager
 
 MESSAGE_TYPES = sorted(
@@ -119,3 +122,26 @@ def test_missed_suffix_appended_to_encoded_result_sets_missed_before(missed: int
     shared = encode_message(infer.InferResult(camera_id="cam", frame_seq=7))
     parsed = infer.InferResult.FromString(shared + missed_suffix(missed))
     assert (parsed.camera_id, parsed.frame_seq, parsed.missed_before) == ("cam", 7, missed)
+
+
+health_facts = st.builds(
+    HealthFacts,
+    status=st.sampled_from(["SERVING", "NOT_SERVING", "STOPPING"]),
+    gpu_available=st.booleans(),
+    plugins=st.lists(st.text(max_size=12), max_size=4).map(tuple),
+    plugin_errors=st.lists(st.text(max_size=30), max_size=2).map(tuple),
+    backends=st.lists(st.sampled_from(["openvino-cpu", "onnxruntime-cpu", "onnxruntime-cuda"]), max_size=3).map(tuple),
+    models=st.lists(st.text(max_size=40), max_size=3).map(tuple),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(health_facts, st.integers(0, 2**62), st.floats(0, 1e9)), min_size=1, max_size=4))
+def test_health_replies_are_the_bytes_of_the_whole_message_whatever_the_facts_and_clock(calls) -> None:
+    replies = HealthReplies()  # one encoder across calls, as the service keeps one: facts change between them
+    for facts, timestamp_ms, uptime_s in calls:
+        whole = infer.HealthCheckResponse(
+            status=infer.HealthStatus[facts.status], timestamp=timestamp_ms, gpu_available=facts.gpu_available,
+            plugin_count=len(facts.plugins), version=__version__, uptime_s=uptime_s, plugins=list(facts.plugins),
+            backends=list(facts.backends), plugin_errors=list(facts.plugin_errors), models=list(facts.models))
+        assert replies.encode(facts, timestamp_ms, uptime_s) == bytes(whole)
