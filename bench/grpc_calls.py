@@ -20,7 +20,8 @@ only the modules that scripts/setup-go.sh fetches). Every ghz run must end with 
 fails (exit 2, one line saying why). With `--cameras N` the engine is not pinned; it runs a `person` workflow on
 N demo cameras (every 5th demo://person; with `--source rtsp`, real H.264 streams from a local gst-rtsp-server,
 decoded in the engine's reader threads) while ghz sends HealthCheck and ListCameras one at a time at
---probe-rps. bench/README.md says how to read the output.
+--probe-rps; admission control is off unless --admission-max-load turns it on, and then the probe runs with the
+cameras it admitted. bench/README.md says how to read the output.
 """
 
 from __future__ import annotations
@@ -334,25 +335,38 @@ def print_table(rows: list[dict]) -> None:
 
 
 # -- under camera load ------------------------------------------------------------------------------------------
-async def add_cameras(port: int, n: int, fps: float, plugins: str, urls: list[str]) -> float:
-    from edgebox.client import EdgeboxClient
+async def add_cameras(port: int, n: int, fps: float, plugins: str, urls: list[str]) -> int:
+    """Add up to n cameras and wait until all are STREAMING; returns how many admission control let in."""
+    from grpclib.const import Status
+
+    from edgebox.client import EdgeboxClient, EdgeboxClientError
     from edgebox.proto_gen import infer as pb
 
     async with EdgeboxClient("127.0.0.1", port, timeout=120) as client:
         await client.deploy_workflow(pb.WorkflowSpec(workflow_id="bench", plugins=plugins.split(",")))
         await client.infer(PHOTO.read_bytes(), workflow_id="bench")  # load the models before the cameras
+        admitted = n
         for i in range(n):
             url = urls[i % len(urls)] if urls else "demo://person" if i % 5 == 0 else "demo://empty"
-            await client.add_camera(f"cam-{i:03d}", url, "bench", {"fps": f"{fps:g}"})
+            try:
+                # demo:// and the test server's mounts are both 640x360 at 10 fps: said, so that admission control
+                # (if on) counts what each camera really decodes rather than its 1280x720@15 default guess
+                await client.add_camera(f"cam-{i:03d}", url, "bench", {"fps": f"{fps:g}",
+                                                                        "expected_stream": "640x360@10"})
+            except EdgeboxClientError as exc:  # only with --admission-max-load: the node is full
+                if exc.status != Status.RESOURCE_EXHAUSTED:
+                    raise
+                admitted = i
+                print(f"  camera {i + 1} refused: {exc.message}", flush=True)
+                break
         started = time.monotonic()
         while time.monotonic() - started < 180:
             cameras = await client.list_cameras()
-            if sum(c.state == pb.CameraState.STREAMING for c in cameras) == n:
+            if sum(c.state == pb.CameraState.STREAMING for c in cameras) == admitted:
                 await asyncio.sleep(5)  # let the scheduler reach its steady state
-                metrics = await client.metrics()
-                return metrics.avg_infer_latency_ms
+                return admitted
             await asyncio.sleep(0.5)
-    raise BenchError(f"not every one of the {n} cameras was STREAMING after 180 s")
+    raise BenchError(f"not every one of the {admitted} cameras was STREAMING after 180 s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -384,10 +398,11 @@ def under_cameras(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp:
 
 def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp: Path) -> list[dict]:
     server = start_server(spec, tmp, refserver, pin=False, switch_interval_ms=args.switch_interval_ms,
-                          engine={"max_cameras": args.cameras, "queue_capacity": max(64, args.cameras * 2)})
+                          engine={"max_cameras": args.cameras, "queue_capacity": max(64, args.cameras * 2),
+                                  "admission_max_load": args.admission_max_load})
     rows = []
     try:
-        asyncio.run(add_cameras(server.port, args.cameras, args.fps, args.plugins, args.urls))
+        cameras = asyncio.run(add_cameras(server.port, args.cameras, args.fps, args.plugins, args.urls))
         # On this box the streams' encoder shares the engine's cores; its share during the probes says how much.
         probe_start = time.monotonic()
         encoder_start = cpu_seconds(args.rtsp_pid) if args.rtsp_pid else 0.0
@@ -395,13 +410,13 @@ def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refser
             m = ghz(ghz_bin, server.port, method, request_file(method, tmp), 1, args.duration * 4,
                     rps=args.probe_rps, pin=False)
             rows.append({"server": server.label, "call": method, **m})
-            print(f"  {server.label}, {args.cameras} cameras: {method:12} {m['count']} calls at {args.probe_rps:g}/s  "
+            print(f"  {server.label}, {cameras} cameras: {method:12} {m['count']} calls at {args.probe_rps:g}/s  "
                   f"p50 {m['p50']:.0f} us  p99 {m['p99']:.0f} us  max {m['max_us']:.0f} us", flush=True)
         if server.proc.poll() is not None:
             raise BenchError(f"the engine exited with {server.proc.returncode} during the run")
         if args.rtsp_pid:
             share = (cpu_seconds(args.rtsp_pid) - encoder_start) / (time.monotonic() - probe_start)
-            print(f"  RTSP test server (encoding {len(args.urls)} streams, serving {args.cameras}) during the probes: "
+            print(f"  RTSP test server (encoding {len(args.urls)} streams, serving {cameras}) during the probes: "
                   f"{share:.2f} of a core")
         print(f"  engine CPU so far {cpu_seconds(server.proc.pid):.0f} s; load average {os.getloadavg()[0]:.2f}")
     finally:
@@ -507,6 +522,10 @@ def main() -> int:
                         help="with --cameras: demo:// cameras (drawn on the event loop) or real RTSP streams from a "
                              "local gst-rtsp-server (decoded in reader threads)")
     parser.add_argument("--probe-rps", type=float, default=20.0, help="with --cameras: probe calls per second")
+    parser.add_argument("--admission-max-load", type=float, default=0.0,
+                        help="with --cameras: run the engine's admission control at this load (0: off, the default; "
+                             "the engine's own default is 0.9): cameras past it are refused and the probe runs with "
+                             "those admitted, i.e. at the heaviest load the engine accepts")
     parser.add_argument("--switch-interval-ms", type=float, default=0,
                         help="with --cameras: run the engine with sys.setswitchinterval(this) (an experiment)")
     parser.add_argument("--parts", action="store_true", help="instead: time protobuf encoding and the bridge hop")
