@@ -251,6 +251,7 @@ class Node:
         return facts
 
     def uptime_s(self) -> float:
+        """Seconds since the node started (monotonic clock)."""
         return time.monotonic() - self.started_mono
 
     def health(self) -> Health:

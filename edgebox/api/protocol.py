@@ -1,7 +1,7 @@
 """grpclib's server protocol on edgebox's own HTTP/2 connection, writing through the coalescing transport.
 
 grpclib builds h2's `H2Connection` inside `H2Protocol.connection_made`; `ServerProtocol` builds
-`edgebox.api.http2.ServerConnection` there instead (the same interface, a third of the cost per call: measured in
+`edgebox.api.http2.ServerConnection` there instead (the same interface, an eighth of h2's work per call: measured in
 docs/benchmarks.md, "gRPC"), and sends the GOAWAY of a connection error before grpclib closes the transport.
 Everything above it (streams, handlers, deadlines, metadata, status) is grpclib's, unchanged.
 """

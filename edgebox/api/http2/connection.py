@@ -32,14 +32,18 @@ from h2.settings import ChangedSetting, SettingCodes
 from edgebox.api.http2 import frames
 from edgebox.api.http2.fields import MalformedFields, request_fields, trailer_fields
 from edgebox.api.http2.hpack import CompressionError, Decoder, Encoder
+from edgebox.api.http2.settings import (
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_WINDOW,
+    MAX_CONCURRENT_STREAMS,
+    MAX_HEADER_LIST_SIZE,
+    LocalSettings,
+    setting_code,
+)
 from edgebox.api.http2.streams import MAX_WINDOW, InboundWindow, ServerStream
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DEFAULT_WINDOW = 65535
-DEFAULT_MAX_FRAME_SIZE = 16384
 LARGEST_MAX_FRAME_SIZE = 2**24 - 1
-MAX_CONCURRENT_STREAMS = 100  # what h2 advertised for grpclib; more streams at once are refused (REFUSED_STREAM)
-MAX_HEADER_LIST_SIZE = 65536  # decoded request headers, RFC 7541 sizes; as h2 advertised
 MAX_HEADER_BLOCK_BYTES = 1 << 20  # compressed bytes of one HEADERS + CONTINUATION sequence before we give up
 RESET_STREAMS_REMEMBERED = 1024  # streams we reset, whose late frames are ignored rather than answered (5.4.2)
 CLOSED_STREAMS_REMEMBERED = 1024  # streams closed normally, so HEADERS on one is told from a skipped id (5.1.1)
@@ -60,58 +64,9 @@ class _StateMachine:
         self.state = ConnectionState.IDLE
 
 
-class _LocalSettings:
-    """Our settings as in effect: the values of a SETTINGS frame we send apply once the peer acknowledges it."""
-
-    __slots__ = (
-        "_unacknowledged",
-        "header_table_size",
-        "initial_window_size",
-        "max_concurrent_streams",
-        "max_frame_size",
-        "max_header_list_size",
-    )
-
-    def __init__(self) -> None:
-        self.header_table_size = 4096
-        self.initial_window_size = DEFAULT_WINDOW
-        self.max_concurrent_streams = MAX_CONCURRENT_STREAMS
-        self.max_header_list_size = MAX_HEADER_LIST_SIZE
-        self.max_frame_size = DEFAULT_MAX_FRAME_SIZE
-        self._unacknowledged: list[dict[int, int]] = []
-
-    def sent(self, values: dict[int, int]) -> None:
-        self._unacknowledged.append(values)
-
-    def acknowledged(self) -> dict[int, int]:
-        """Apply the oldest unacknowledged SETTINGS frame; returns its values ({} if none was outstanding)."""
-        if not self._unacknowledged:
-            return {}
-        values = self._unacknowledged.pop(0)
-        for code, value in values.items():
-            if code == SettingCodes.HEADER_TABLE_SIZE:
-                self.header_table_size = value
-            elif code == SettingCodes.INITIAL_WINDOW_SIZE:
-                self.initial_window_size = value
-            elif code == SettingCodes.MAX_CONCURRENT_STREAMS:
-                self.max_concurrent_streams = value
-            elif code == SettingCodes.MAX_HEADER_LIST_SIZE:
-                self.max_header_list_size = value
-            elif code == SettingCodes.MAX_FRAME_SIZE:
-                self.max_frame_size = value
-        return values
-
-
 def _code(code: int) -> ErrorCodes | int:
     try:
         return ErrorCodes(code)
-    except ValueError:
-        return code
-
-
-def _setting(code: int) -> SettingCodes | int:
-    try:
-        return SettingCodes(code)
     except ValueError:
         return code
 
@@ -121,7 +76,7 @@ class ServerConnection:
 
     def __init__(self) -> None:
         self.state_machine = _StateMachine()
-        self.local_settings = _LocalSettings()
+        self.local_settings = LocalSettings()
         self.streams: dict[int, ServerStream] = {}
         self.outbound_flow_control_window = DEFAULT_WINDOW
         self.max_outbound_frame_size = DEFAULT_MAX_FRAME_SIZE
@@ -149,12 +104,14 @@ class ServerConnection:
 
     # -- what grpclib calls ------------------------------------------------------------------------------------
     def initiate_connection(self) -> None:
+        """Queue the server's connection preface: its first SETTINGS."""
         values = {SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                  SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE}
+                  SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE}  # the rest are the RFC's defaults
         self._out.append(frames.settings(values))
         self.state_machine.state = ConnectionState.SERVER_OPEN
 
     def update_settings(self, new_settings: dict[int, int]) -> None:
+        """Send new values of our settings; they apply once the client acknowledges them."""
         self.local_settings.sent(dict(new_settings))
         self._out.append(frames.settings(new_settings))
 
@@ -175,6 +132,7 @@ class ServerConnection:
         return data
 
     def send_headers(self, stream_id: int, headers: list[tuple[str, str]], end_stream: bool = False) -> None:
+        """Queue a reply's headers or trailers (HEADERS, and CONTINUATION past the client's frame size)."""
         stream = self._stream(stream_id)
         block = self._encoder.encode(headers)
         self._out.append(frames.headers(stream_id, block, end_stream, self.max_outbound_frame_size))
@@ -182,6 +140,7 @@ class ServerConnection:
             self._end_local(stream)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue one DATA frame; the caller keeps it within `local_flow_control_window` and the frame size."""
         stream = self._stream(stream_id)
         size = len(data)
         if size > self.max_outbound_frame_size:
@@ -195,14 +154,17 @@ class ServerConnection:
             self._end_local(stream)
 
     def end_stream(self, stream_id: int) -> None:
+        """End our side of the stream with an empty DATA frame."""
         self.send_data(stream_id, b"", end_stream=True)
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        """Queue RST_STREAM and forget the stream; its late frames are then ignored."""
         if stream_id not in self.streams:  # a stream we have ended may still be reset (grpclib does, on errors)
             raise StreamClosedError(stream_id)
         self._reset(stream_id, error_code)
 
     def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        """The application has read this many flow-controlled bytes: give window back when it is due."""
         increment = self._inbound.processed(acknowledged_size)
         if increment:
             self._out.append(frames.window_update(0, increment))
@@ -213,6 +175,7 @@ class ServerConnection:
                 self._out.append(frames.window_update(stream_id, increment))
 
     def local_flow_control_window(self, stream_id: int) -> int:
+        """How many DATA bytes the client lets us send on the stream now (the connection's window included)."""
         return min(self.outbound_flow_control_window, self._stream(stream_id).outbound_window)
 
     def ping(self, opaque_data: bytes) -> None:
@@ -452,7 +415,7 @@ class ServerConnection:
                 if not DEFAULT_MAX_FRAME_SIZE <= value <= LARGEST_MAX_FRAME_SIZE:
                     raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
                 self.max_outbound_frame_size = value
-            setting = _setting(code)
+            setting = setting_code(code)
             changed.changed_settings[setting] = ChangedSetting(setting, self._remote_settings.get(code), value)
             self._remote_settings[code] = value
         self._out.append(frames.SETTINGS_ACK)

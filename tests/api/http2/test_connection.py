@@ -28,7 +28,8 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgebox.api.http2.connection import MAX_CONCURRENT_STREAMS, PREFACE, ServerConnection
+from edgebox.api.http2.connection import PREFACE, ServerConnection
+from edgebox.api.http2.settings import MAX_CONCURRENT_STREAMS
 
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/infer.InferenceService/HealthCheck"),
            (":authority", "127.0.0.1:50051"), ("content-type", "application/grpc"), ("te", "trailers")]
