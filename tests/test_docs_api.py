@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import pytest
 
 from edgebox.client import EdgeboxClient
 from tests.support.engine import DATA, REPO, EngineProcess, start_engine_process
+from tests.support.go_tools import find_go_tool
 
 DOC = REPO / "docs" / "api.md"
 PROTO = REPO / "proto" / "infer_service.proto"
@@ -114,14 +114,7 @@ def service_rpcs() -> list[str]:
 BLOCKS, PROBLEMS = parse_blocks(DOC.read_text(encoding="utf-8"))
 
 
-def find_grpcurl() -> str | None:
-    local = REPO / "clients" / "go" / ".bin" / "grpcurl"
-    if os.access(local, os.X_OK):
-        return str(local)
-    return shutil.which("grpcurl")
-
-
-GRPCURL = find_grpcurl()
+GRPCURL = find_go_tool("grpcurl")
 
 
 # -- the engine -----------------------------------------------------------------------------------------------

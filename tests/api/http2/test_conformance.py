@@ -4,8 +4,6 @@ with a body to a plain GET, which a gRPC server does not give; the skipped ones 
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.engine import REPO
+from tests.support.go_tools import find_go_tool
 from tests.support.rtsp import free_port
 
 H2SPEC_TIMEOUT_S = 300
@@ -24,14 +23,7 @@ NEED_A_RESPONSE_BODY = {
 }
 
 
-def find_h2spec() -> str | None:
-    local = REPO / "clients" / "go" / ".bin" / "h2spec"
-    if os.access(local, os.X_OK):
-        return str(local)
-    return shutil.which("h2spec")
-
-
-H2SPEC = find_h2spec()
+H2SPEC = find_go_tool("h2spec")
 
 
 @pytest.mark.skipif(H2SPEC is None, reason="h2spec not installed: bash scripts/setup-go.sh builds it")
