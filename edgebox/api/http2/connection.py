@@ -45,8 +45,9 @@ from edgebox.api.http2.streams import MAX_WINDOW, InboundWindow, ServerStream
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 LARGEST_MAX_FRAME_SIZE = 2**24 - 1
 MAX_HEADER_BLOCK_BYTES = 1 << 20  # compressed bytes of one HEADERS + CONTINUATION sequence before we give up
-RESET_STREAMS_REMEMBERED = 1024  # streams we reset, whose late frames are ignored rather than answered (5.4.2)
-CLOSED_STREAMS_REMEMBERED = 1024  # streams closed normally, so HEADERS on one is told from a skipped id (5.1.1)
+# The last stream ids remembered of two kinds: those we reset, whose late frames are ignored rather than answered
+# (RFC 9113 5.4.2), and those closed normally, so that HEADERS on one is told from a skipped id (5.1.1).
+STREAM_IDS_REMEMBERED = 1024
 
 
 class _ConnectionError(Exception):
@@ -62,6 +63,12 @@ class _StateMachine:
 
     def __init__(self) -> None:
         self.state = ConnectionState.IDLE
+
+
+def _remember(ids: OrderedDict[int, None], stream_id: int) -> None:
+    ids[stream_id] = None
+    if len(ids) > STREAM_IDS_REMEMBERED:
+        ids.popitem(last=False)
 
 
 def _code(code: int) -> ErrorCodes | int:
@@ -165,9 +172,7 @@ class ServerConnection:
 
     def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
         """The application has read this many flow-controlled bytes: give window back when it is due."""
-        increment = self._inbound.processed(acknowledged_size)
-        if increment:
-            self._out.append(frames.window_update(0, increment))
+        self._give_back(acknowledged_size)
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.remote_closed:
             increment = stream.inbound.processed(acknowledged_size)
@@ -247,7 +252,8 @@ class ServerConnection:
             raise _ConnectionError(ErrorCodes.FLOW_CONTROL_ERROR, "DATA beyond the connection's flow-control window")
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed:
-            self._check_not_idle(stream_id, "DATA")
+            if stream is None:
+                self._check_not_idle(stream_id, "DATA")
             self._give_back(flow_length)  # no reader will acknowledge it
             if stream is not None or stream_id not in self._reset_by_us:
                 self._stream_error(stream_id, ErrorCodes.STREAM_CLOSED, events)
@@ -385,7 +391,7 @@ class ServerConnection:
             raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         self._check_not_idle(stream_id, "RST_STREAM")
         if self.streams.pop(stream_id, None) is not None:
-            self._remember_closed(stream_id)
+            _remember(self._closed, stream_id)
             events.append(StreamReset(stream_id=stream_id, error_code=_code(frames.u32(payload)), remote_reset=True))
 
     def _receive_settings(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
@@ -502,19 +508,13 @@ class ServerConnection:
         stream.remote_closed = True
         if stream.local_closed:
             del self.streams[stream.stream_id]
-            self._remember_closed(stream.stream_id)
+            _remember(self._closed, stream.stream_id)
 
     def _end_local(self, stream: ServerStream) -> None:
         stream.local_closed = True
         if stream.remote_closed:
             del self.streams[stream.stream_id]
-            self._remember_closed(stream.stream_id)
-
-    def _remember_closed(self, stream_id: int) -> None:
-        closed = self._closed
-        closed[stream_id] = None
-        if len(closed) > CLOSED_STREAMS_REMEMBERED:
-            closed.popitem(last=False)
+            _remember(self._closed, stream.stream_id)
 
     def _stream_error(self, stream_id: int, code: ErrorCodes, events: list[Event]) -> None:
         """Reset the stream (RFC 9113 5.4.2); grpclib hears of it if it had been told of the stream."""
@@ -525,7 +525,4 @@ class ServerConnection:
     def _reset(self, stream_id: int, code: int) -> None:
         self.streams.pop(stream_id, None)
         self._out.append(frames.rst_stream(stream_id, code))
-        reset = self._reset_by_us
-        reset[stream_id] = None
-        if len(reset) > RESET_STREAMS_REMEMBERED:
-            reset.popitem(last=False)
+        _remember(self._reset_by_us, stream_id)

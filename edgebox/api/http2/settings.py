@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from h2.settings import SettingCodes
 
+from edgebox.api.http2.hpack import DEFAULT_TABLE_SIZE
+
 DEFAULT_WINDOW = 65535
 DEFAULT_MAX_FRAME_SIZE = 16384
 MAX_CONCURRENT_STREAMS = 100  # what h2 advertised for grpclib; more streams at once are refused (REFUSED_STREAM)
@@ -23,7 +25,7 @@ class LocalSettings:
     )
 
     def __init__(self) -> None:
-        self.header_table_size = 4096
+        self.header_table_size = DEFAULT_TABLE_SIZE
         self.initial_window_size = DEFAULT_WINDOW
         self.max_concurrent_streams = MAX_CONCURRENT_STREAMS
         self.max_header_list_size = MAX_HEADER_LIST_SIZE
