@@ -24,11 +24,13 @@ import outcome
 import trio
 
 from edgebox.errors import ShuttingDown
+from edgebox.os_thread_name import set_os_thread_name
 
 log = logging.getLogger("edgebox.bridge")
 
 T = TypeVar("T")
 LOOP_STOP_TIMEOUT_S = 5.0
+GRPC_THREAD_NAME = "edgebox-grpc"  # the kernel's name for the loop thread (top -H, perf, bench/grpc_calls.py)
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -200,6 +202,7 @@ async def open_bridge() -> AsyncIterator[Bridge]:
     ready = threading.Event()
 
     def thread_main() -> None:
+        set_os_thread_name(GRPC_THREAD_NAME)
         asyncio.set_event_loop(loop)
         loop.call_soon(ready.set)
         try:

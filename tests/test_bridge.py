@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 import trio
 import trio.lowlevel
 
-from edgebox.bridge import Bridge, open_bridge
+from edgebox.bridge import GRPC_THREAD_NAME, Bridge, open_bridge
 from edgebox.errors import ShuttingDown
 
 WAIT_S = 30.0  # a bound against hangs on a busy machine, not a timing assertion
@@ -31,6 +32,17 @@ async def test_call_in_asyncio_returns_the_coroutine_result_from_the_loop_thread
         value, thread = await bridge.call_in_asyncio(where, 21)
     assert value == 42
     assert thread == "grpclib-asyncio"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
+async def test_loop_thread_is_named_for_the_kernel():
+    async def native_id() -> int:
+        return threading.get_native_id()
+
+    async with open_bridge() as bridge:
+        tid = await bridge.call_in_asyncio(native_id)
+        comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+    assert comm == GRPC_THREAD_NAME == "edgebox-grpc"
 
 
 async def test_call_in_asyncio_raises_the_coroutine_exception_in_trio():

@@ -24,6 +24,7 @@ from edgebox.cameras.probe import preflight_failure, probe_failure
 from edgebox.cameras.sampling import SampledFrame, Sampler
 from edgebox.cameras.state import StreamError, StreamFailure, StreamStalled
 from edgebox.cameras.urls import SourceUrl, mask_url, parse_source_url
+from edgebox.os_thread_name import set_os_thread_name
 
 # OpenCV reads this process-wide variable at every open. The TCP value is set once here, before any open:
 # analyzeduration/probesize cut an RTSP open from ~3 s to ~0.35 s (FACTS.md 2). Other values are swapped in by
@@ -228,6 +229,7 @@ class OpenCvSource:
 
     # ---- the reader thread --------------------------------------------------------------------------------
     def _read_loop(self, interval: float) -> None:
+        set_os_thread_name("edgebox-camera")
         failure: StreamFailure | None = None
         try:
             self._read_frames(interval)

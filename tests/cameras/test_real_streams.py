@@ -329,6 +329,20 @@ async def test_cancel_during_a_read_waits_for_the_capture_release(tmp_path: Path
     assert not source._reader.is_alive()  # the reader thread released the capture and ended
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
+async def test_reader_thread_is_named_for_the_kernel_so_top_and_perf_tell_it_apart(tmp_path: Path):
+    source = open_source(str(write_clip(tmp_path / "c.avi")), QUICK)
+    await source.open(Sampler(QUICK.fps, QUICK.watchdog_s, source.clock))
+    try:
+        await source.read()  # the frame the open read
+        await source.read()  # one the reader thread handed over: it has named itself
+        comm = Path(f"/proc/self/task/{source._reader.native_id}/comm").read_text().strip()
+    finally:
+        await source.aclose()
+    assert comm == "edgebox-camera"
+    assert Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip() != comm
+
+
 def reader_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("edgebox-camera ")]
 
