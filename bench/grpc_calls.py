@@ -5,6 +5,8 @@
     .venv/bin/python bench/grpc_calls.py --servers edgebox,edgebox=/tmp/before --rounds 5   # A/B two checkouts
     .venv/bin/python bench/grpc_calls.py --cameras 50         # HealthCheck/ListCameras while 50 cameras run
     .venv/bin/python bench/grpc_calls.py --cameras 50 --source rtsp   # ... 50 real RTSP streams
+    .venv/bin/python bench/grpc_calls.py --cameras 50 --source rtsp --fps 5 --trace-waits   # ... and what the
+                                                               # gRPC thread waits for: a core or the GIL
 
 Servers: `edgebox` (this checkout; `edgebox=PATH` runs the edgebox package of another checkout, e.g. a git
 worktree of an older commit), `grpclib` (plain grpclib on uvloop, no trio: the ceiling of this design), `aio`
@@ -49,6 +51,9 @@ BIN = GO_DIR / ".bin"
 PROTO = ROOT / "proto" / "infer_service.proto"
 PHOTO = ROOT / "edgebox" / "demo" / "astronaut.jpg"
 sys.path.insert(0, str(ROOT))  # so that a checkout runs it without installing edgebox
+
+from bench.thread_waits import CoreWaits, GilTrace, find_thread, schedstat  # found through ROOT, as a checkout runs
+
 PY = sys.executable
 CALLS = ("HealthCheck", "ListCameras", "InferSingleFrame")
 SERVER_START_TIMEOUT_S = 90.0
@@ -406,12 +411,19 @@ def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refser
         # On this box the streams' encoder shares the engine's cores; its share during the probes says how much.
         probe_start = time.monotonic()
         encoder_start = cpu_seconds(args.rtsp_pid) if args.rtsp_pid else 0.0
+        grpc_thread = find_grpc_thread(server) if args.trace_waits else 0
         for method in ("HealthCheck", "ListCameras"):
+            before = schedstat(server.proc.pid, grpc_thread) if grpc_thread else None
             m = ghz(ghz_bin, server.port, method, request_file(method, tmp), 1, args.duration * 4,
                     rps=args.probe_rps, pin=False)
             rows.append({"server": server.label, "call": method, **m})
             print(f"  {server.label}, {cameras} cameras: {method:12} {m['count']} calls at {args.probe_rps:g}/s  "
                   f"p50 {m['p50']:.0f} us  p99 {m['p99']:.0f} us  max {m['max_us']:.0f} us", flush=True)
+            if before is not None:
+                cores = CoreWaits.between(before, schedstat(server.proc.pid, grpc_thread))
+                print(f"    gRPC thread during it: {cores.summary()}", flush=True)
+        if grpc_thread:
+            traced_probe(server, grpc_thread, args, ghz_bin, tmp, cameras)
         if server.proc.poll() is not None:
             raise BenchError(f"the engine exited with {server.proc.returncode} during the run")
         if args.rtsp_pid:
@@ -422,6 +434,32 @@ def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refser
     finally:
         server.stop()
     return rows
+
+
+def find_grpc_thread(server: Server) -> int:
+    try:
+        return find_thread(server.proc.pid, "edgebox-grpc")  # edgebox.bridge.GRPC_THREAD_NAME
+    except LookupError as exc:
+        raise BenchError(f"--trace-waits: {exc} (checkouts before the threads were named cannot be traced)") from None
+
+
+def traced_probe(server: Server, tid: int, args: argparse.Namespace, ghz_bin: Path, tmp: Path, cameras: int) -> None:
+    """One more HealthCheck probe with the engine's gRPC thread traced: its waits for the GIL, and how busy the GIL
+    is (bench/thread_waits.py). strace slows the thread, so this probe's latencies are printed apart from the
+    untraced ones and are not the engine's own."""
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    seconds = args.duration * 4
+    trace = GilTrace(server.proc.pid, tid, seconds, Path(tempfile.mkdtemp(prefix="waits-", dir=tmp)),
+                      spy if Path(spy).exists() else None)
+    trace.start()
+    try:
+        m = ghz(ghz_bin, server.port, "HealthCheck", request_file("HealthCheck", tmp), 1, seconds,
+                rps=args.probe_rps, pin=False)
+    finally:
+        waits = trace.stop()
+    print(f"  {server.label}, {cameras} cameras: HealthCheck traced {m['count']} calls  p50 {m['p50']:.0f} us  "
+          f"p99 {m['p99']:.0f} us (slowed by strace)\n    gRPC thread over {seconds:g} s: {waits.summary(m['count'])}",
+          flush=True)
 
 
 # -- the parts of a small call ----------------------------------------------------------------------------------
@@ -528,6 +566,9 @@ def main() -> int:
                              "those admitted, i.e. at the heaviest load the engine accepts")
     parser.add_argument("--switch-interval-ms", type=float, default=0,
                         help="with --cameras: run the engine with sys.setswitchinterval(this) (an experiment)")
+    parser.add_argument("--trace-waits", action="store_true",
+                        help="with --cameras: one more HealthCheck probe with the gRPC thread traced: its waits for a "
+                             "core (schedstat) and for the GIL (strace), and the GIL's busy share (py-spy --gil)")
     parser.add_argument("--parts", action="store_true", help="instead: time protobuf encoding and the bridge hop")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--profile", type=Path, help="py-spy every edgebox run; collapsed stacks go to this folder")

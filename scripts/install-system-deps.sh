@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs (real RTSP server via
-# gst-rtsp-server, chromium for browser tests, h2load from nghttp2-client).
+# gst-rtsp-server, chromium for browser tests, h2load from nghttp2-client, strace for
+# bench/thread_waits.py's GIL waits).
 # Idempotent: when everything is already installed, apt-get is not run at all.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ PACKAGES=(
   gstreamer1.0-tools
   chromium
   nghttp2-client
+  strace
 )
 
 missing=()
