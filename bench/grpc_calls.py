@@ -437,8 +437,10 @@ def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refser
 
 
 def find_grpc_thread(server: Server) -> int:
+    from edgebox.bridge import GRPC_THREAD_NAME
+
     try:
-        return find_thread(server.proc.pid, "edgebox-grpc")  # edgebox.bridge.GRPC_THREAD_NAME
+        return find_thread(server.proc.pid, GRPC_THREAD_NAME)
     except LookupError as exc:
         raise BenchError(f"--trace-waits: {exc} (checkouts before the threads were named cannot be traced)") from None
 
