@@ -59,9 +59,10 @@ def malloc_mb(libc: ctypes.CDLL) -> tuple[float, float]:
 def child(args: argparse.Namespace) -> None:
     """One measurement in a fresh process; prints one JSON line."""
     from edgebox.cameras.opencv_source import CAPTURE_OPTIONS_ENV, DECODE_THREADS, RTSP_TCP_OPTIONS
-    from edgebox.memory import _libc, fix_malloc_thresholds
+    from edgebox.libc import libc as load_libc
+    from edgebox.memory import fix_malloc_thresholds
 
-    libc = _libc()
+    libc = load_libc()
     assert libc is not None and fix_malloc_thresholds(), "glibc's mallopt is needed (Linux)"
     if args.child_arenas != "default":
         assert libc.mallopt(M_ARENA_MAX, int(args.child_arenas)) == 1

@@ -52,7 +52,13 @@ PROTO = ROOT / "proto" / "infer_service.proto"
 PHOTO = ROOT / "edgebox" / "demo" / "astronaut.jpg"
 sys.path.insert(0, str(ROOT))  # so that a checkout runs it without installing edgebox
 
-from bench.thread_waits import CoreWaits, GilTrace, find_thread, schedstat  # found through ROOT, as a checkout runs
+from bench.thread_waits import (  # found through ROOT, as a checkout runs
+    CoreWaits,
+    GilTrace,
+    find_thread,
+    pyspy_path,
+    schedstat,
+)
 
 PY = sys.executable
 CALLS = ("HealthCheck", "ListCameras", "InferSingleFrame")
@@ -283,8 +289,8 @@ AREAS = (  # (area, substring of the leaf frame), first match wins; py-spy write
 
 def start_profile(pid: int, out: Path, duration: float) -> subprocess.Popen[bytes]:
     """py-spy record (all non-idle threads, native frames off) on the server while ghz runs."""
-    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
-    if not Path(spy).exists():
+    spy = pyspy_path()
+    if spy is None:
         raise BenchError("--profile needs py-spy: .venv/bin/pip install -e '.[dev]'")
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "200", "--duration", f"{duration:.0f}",
@@ -449,10 +455,8 @@ def traced_probe(server: Server, tid: int, args: argparse.Namespace, ghz_bin: Pa
     """One more HealthCheck probe with the engine's gRPC thread traced: its waits for the GIL, and how busy the GIL
     is (bench/thread_waits.py). strace slows the thread, so this probe's latencies are printed apart from the
     untraced ones and are not the engine's own."""
-    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     seconds = args.duration * 4
-    trace = GilTrace(server.proc.pid, tid, seconds, Path(tempfile.mkdtemp(prefix="waits-", dir=tmp)),
-                      spy if Path(spy).exists() else None)
+    trace = GilTrace(server.proc.pid, tid, seconds, Path(tempfile.mkdtemp(prefix="waits-", dir=tmp)), pyspy_path())
     trace.start()
     try:
         m = ghz(ghz_bin, server.port, "HealthCheck", request_file("HealthCheck", tmp), 1, seconds,

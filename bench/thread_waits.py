@@ -20,11 +20,18 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 FUTEX_WAIT = re.compile(r"^futex\([^,]*, (FUTEX_WAIT[A-Z_|]*)[^<]*<([0-9.]+)>\s*$")
 PYSPY_RATE_HZ = 200
+
+
+def pyspy_path() -> str | None:
+    """py-spy on PATH, or the one `pip install -e '.[dev]'` put beside this Python; None if neither exists."""
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return found if Path(found).exists() else None
 
 
 def find_thread(pid: int, name: str) -> int:

@@ -23,11 +23,11 @@ variables (or GLIBC_TUNABLES) set by the operator win.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import logging
 import os
-import sys
+
+from edgebox.libc import libc
 
 log = logging.getLogger("edgebox.memory")
 
@@ -39,17 +39,6 @@ TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES  # glibc's rule when it moves th
 OPERATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """The C library, loaded once (find_library may run ldconfig)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
 def _operator_set(variables: tuple[str, ...], tunables: tuple[str, ...]) -> bool:
     """True if the environment sets any of glibc's `variables` or of its `tunables` in GLIBC_TUNABLES."""
     given = os.environ.get("GLIBC_TUNABLES", "")
@@ -59,7 +48,7 @@ def _operator_set(variables: tuple[str, ...], tunables: tuple[str, ...]) -> bool
 @functools.cache
 def _mallopt():  # a ctypes function, or None
     """glibc's mallopt(int, int), or None (not Linux, or musl or another libc without it)."""
-    mallopt = getattr(_libc(), "mallopt", None)
+    mallopt = getattr(libc(), "mallopt", None)
     if mallopt is not None:
         mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt
@@ -100,7 +89,7 @@ def give_back_freed_memory() -> bool:
     0.05 ms with nothing to give): call it from a worker thread. The engine calls it after a camera is removed
     (edgebox.fleet), when that camera's freed frames are the memory glibc would otherwise keep for the next one.
     """
-    trim = getattr(_libc(), "malloc_trim", None)
+    trim = getattr(libc(), "malloc_trim", None)
     if trim is None:
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int

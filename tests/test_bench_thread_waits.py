@@ -17,12 +17,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.thread_waits import CoreWaits, GilTrace, find_thread, futex_waits_ms, pyspy_samples, schedstat
+from bench.thread_waits import (
+    CoreWaits,
+    GilTrace,
+    find_thread,
+    futex_waits_ms,
+    pyspy_path,
+    pyspy_samples,
+    schedstat,
+)
 from edgebox.os_thread_name import set_os_thread_name
 
 LINUX_PROC = Path("/proc/self/task").is_dir()
 STRACE = shutil.which("strace")
-PYSPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+PYSPY = pyspy_path()
 WAIT_S = 30.0  # bounds against hangs, not timing assertions
 
 CONTENDED = r"""
@@ -99,7 +107,7 @@ def test_a_named_thread_is_found_and_its_runs_are_counted():
 
 
 @pytest.mark.skipif(not LINUX_PROC, reason="thread names and schedstat are Linux's /proc")
-@pytest.mark.skipif(STRACE is None or not Path(PYSPY).exists(), reason="needs strace (apt) and py-spy (.[dev])")
+@pytest.mark.skipif(STRACE is None or PYSPY is None, reason="needs strace (apt) and py-spy (.[dev])")
 @pytest.mark.skipif(not may_trace(), reason="ptrace of a non-descendant is not allowed here (Yama ptrace_scope)")
 def test_gil_waits_of_a_thread_behind_a_spinning_one_are_measured(tmp_path: Path):
     proc = subprocess.Popen([sys.executable, "-c", CONTENDED], stdout=subprocess.PIPE, text=True,
