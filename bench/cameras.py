@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.process_tree import tree, tree_cpu_seconds, tree_rss_mb, tree_threads
 from edgebox.client import EdgeboxClient, EdgeboxClientError
 from edgebox.config import OPENVINO_PRECISIONS
 from edgebox.proto_gen import infer as pb
@@ -113,17 +114,19 @@ def os_thread_count() -> int:
 
 
 def memory_breakdown(pid: int) -> str:
-    """Anonymous vs file-backed resident memory (/proc/PID/smaps_rollup) and the thread count."""
+    """Anonymous vs file-backed resident memory (/proc/PID/smaps_rollup) and the thread count, summed over the
+    engine and its decoding process."""
     fields: dict[str, int] = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if rest.strip().endswith("kB"):
-                fields[name] = int(rest.split()[0])
-    with open(f"/proc/{pid}/status") as f:
-        threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    pids = tree(pid)
+    for each in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{each}/smaps_rollup") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if rest.strip().endswith("kB"):
+                    fields[name] = fields.get(name, 0) + int(rest.split()[0])
     return (f"RSS {fields.get('Rss', 0) / 1024:.0f} MB = anonymous {fields.get('Anonymous', 0) / 1024:.0f} + "
-            f"file-backed {(fields.get('Rss', 0) - fields.get('Anonymous', 0)) / 1024:.0f}; {threads} threads")
+            f"file-backed {(fields.get('Rss', 0) - fields.get('Anonymous', 0)) / 1024:.0f}; "
+            f"{tree_threads(pid)} threads in {len(pids)} process(es)")
 
 
 def cpu_model() -> str:
@@ -224,16 +227,16 @@ async def run_step(client: EdgeboxClient, n: int, args: argparse.Namespace, urls
         await asyncio.sleep(0.5)
     await asyncio.sleep(args.settle)
     dropped_before = sum(c.frames_dropped for c in await client.list_cameras())
-    cpu_before, server_before, started = cpu_seconds(engine_pid), cpu_seconds(server_pid), time.monotonic()
+    cpu_before, server_before, started = tree_cpu_seconds(engine_pid), cpu_seconds(server_pid), time.monotonic()
     results.reset()
     results.window_open = True
     await asyncio.sleep(args.duration)
     results.window_open = False
     elapsed = time.monotonic() - started
     cameras = await client.list_cameras()
-    step.cpu_percent = 100 * (cpu_seconds(engine_pid) - cpu_before) / elapsed
+    step.cpu_percent = 100 * (tree_cpu_seconds(engine_pid) - cpu_before) / elapsed
     step.server_cpu_percent = 100 * (cpu_seconds(server_pid) - server_before) / elapsed
-    step.rss_mb = rss_mb(engine_pid)
+    step.rss_mb = tree_rss_mb(engine_pid)
     step.memory = memory_breakdown(engine_pid)
     step.dropped = sum(c.frames_dropped for c in cameras) - dropped_before
     step.seq_gaps, step.missed, step.errors = results.gaps, results.missed, results.errors

@@ -21,7 +21,7 @@ time, the Go module proxy for ghz (later runs build offline from the module cach
 only the modules that scripts/setup-go.sh fetches). Every ghz run must end with every call OK, or the bench
 fails (exit 2, one line saying why). With `--cameras N` the engine is not pinned; it runs a `person` workflow on
 N demo cameras (every 5th demo://person; with `--source rtsp`, real H.264 streams from a local gst-rtsp-server,
-decoded in the engine's reader threads) while ghz sends HealthCheck and ListCameras one at a time at
+decoded in the engine's camera decoding process, or its reader threads with engine.camera_decoding threads) while ghz sends HealthCheck and ListCameras one at a time at
 --probe-rps; admission control is off unless --admission-max-load turns it on, and then the probe runs with the
 cameras it admitted. bench/README.md says how to read the output.
 """
@@ -52,6 +52,7 @@ PROTO = ROOT / "proto" / "infer_service.proto"
 PHOTO = ROOT / "edgebox" / "demo" / "astronaut.jpg"
 sys.path.insert(0, str(ROOT))  # so that a checkout runs it without installing edgebox
 
+from bench.process_tree import tree_cpu_seconds
 from bench.thread_waits import (  # found through ROOT, as a checkout runs
     CoreWaits,
     GilTrace,
@@ -436,7 +437,7 @@ def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refser
             share = (cpu_seconds(args.rtsp_pid) - encoder_start) / (time.monotonic() - probe_start)
             print(f"  RTSP test server (encoding {len(args.urls)} streams, serving {cameras}) during the probes: "
                   f"{share:.2f} of a core")
-        print(f"  engine CPU so far {cpu_seconds(server.proc.pid):.0f} s; load average {os.getloadavg()[0]:.2f}")
+        print(f"  engine CPU so far {tree_cpu_seconds(server.proc.pid):.0f} s (with its decoding process); load average {os.getloadavg()[0]:.2f}")
     finally:
         server.stop()
     return rows
@@ -564,7 +565,7 @@ def main() -> int:
     parser.add_argument("--plugins", default="person", help="with --cameras: the cameras' workflow")
     parser.add_argument("--source", choices=("demo", "rtsp"), default="demo",
                         help="with --cameras: demo:// cameras (drawn on the event loop) or real RTSP streams from a "
-                             "local gst-rtsp-server (decoded in reader threads)")
+                             "local gst-rtsp-server (decoded in the engine's decoding process)")
     parser.add_argument("--probe-rps", type=float, default=20.0, help="with --cameras: probe calls per second")
     parser.add_argument("--admission-max-load", type=float, default=0.0,
                         help="with --cameras: run the engine's admission control at this load (0: off, the default; "

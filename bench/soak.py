@@ -4,7 +4,8 @@
     .venv/bin/python bench/soak.py --cameras 10 --duration 60 --json soak.json
     .venv/bin/python bench/soak.py --source rtsp --plugins motion   # real RTSP streams (gst-rtsp-server)
 
-The engine runs as a subprocess (`python -m edgebox`, console off). Its resident memory (VmRSS) is read first
+The engine runs as a subprocess (`python -m edgebox`, console off). Its resident memory (VmRSS, with its camera
+decoding process's: bench/process_tree.py) is read first
 with the workflow's models loaded and run at every batch size but no camera (the baseline: what the models and
 the runtime cost), then every --interval seconds while N cameras stream (every --person-every-th one demo://person, the
 others demo://empty). A least-squares line is fitted to the samples after --warmup; the run fails (exit 1) when
@@ -31,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so that a checkout runs it without installing edgebox
 
+from bench.process_tree import tree_rss_mb
 from edgebox.client import EdgeboxClient
 from edgebox.config import EngineConfig
 from edgebox.proto_gen import infer as pb
@@ -78,11 +80,10 @@ class Report:
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """The engine's resident memory with its decoding process's (bench/process_tree.py)."""
+    if not Path(f"/proc/{pid}").exists():
+        raise RuntimeError(f"no process {pid}")
+    return tree_rss_mb(pid)
 
 
 def slope_per_s(points: list[tuple[float, float]]) -> float:

@@ -26,6 +26,7 @@ from edgebox import __version__, thread_priority
 from edgebox.admission import Admission
 from edgebox.api.convert import encode_result
 from edgebox.api.server import open_grpc_server
+from edgebox.cameras.decoder_process import CameraDecoder
 from edgebox.config import Config
 from edgebox.engine.hardware import LibraryProbe, detect_hardware
 from edgebox.engine.library_probe import ProbeChild, probe_libraries_isolated
@@ -91,7 +92,10 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
             fleet_ref: list[CameraFleet] = []
             workflows = WorkflowRegistry(store, plugins, pool, lambda wf: fleet_ref[0].using(wf))
             admission = Admission(config.engine.admission_max_load, lambda: pool.queues)
-            fleet = CameraFleet(store, workflows, hub, metrics, config.engine.max_cameras, admission)
+            decoder = (CameraDecoder(config.log_level, metrics=metrics)
+                       if config.engine.camera_decoding == "process" else None)
+            fleet = CameraFleet(store, workflows, hub, metrics, config.engine.max_cameras, admission,
+                                decoder=decoder)
             fleet_ref.append(fleet)
             node = Node(plugins, pool, workflows, fleet, hub, metrics, hardware)
             pool.on_loaded.append(lambda: freeze_long_lived("model loaded"))  # its library's objects live on

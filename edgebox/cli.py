@@ -22,6 +22,8 @@ from edgebox.errors import ConfigError, StoreError
 EXIT_CONFIG = 2
 EXIT_STORE = 3
 SUBCOMMANDS = ("run", "demo", "check-config", "ctl")
+# The engine's camera decoding process (edgebox/cameras/decoder_child.py): started by the engine, not for people.
+DECODER_COMMAND = "_decode-cameras"
 
 
 def _engine_parser(prog: str) -> argparse.ArgumentParser:
@@ -175,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if argv[:1] == [PROBE_CHILD_COMMAND]:  # the engine's own child (edgebox/engine/library_probe.py), not for people
         return probe_child_main()
+    if argv[:1] == [DECODER_COMMAND]:
+        from edgebox.cameras.decoder_child import decoder_main
+
+        return decoder_main(argv[1:])
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else "run"
     if argv and argv[0] in SUBCOMMANDS:
         argv = argv[1:]

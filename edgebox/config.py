@@ -34,6 +34,9 @@ BACKEND_CHOICES = (
 # engine.openvino_precision: "auto" is OpenVINO's own choice per device (bf16 on CPUs with AMX or AVX-512 BF16,
 # f16 on GPUs and NPUs, f32 elsewhere); "f32" asks every device for full precision.
 OPENVINO_PRECISIONS = ("auto", "f32")
+# engine.camera_decoding: "process" decodes every camera in one child process (edgebox/cameras/decoder_process.py),
+# "threads" in a reader thread per camera inside the engine.
+CAMERA_DECODING = ("process", "threads")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,9 @@ class EngineConfig:
     # Nice increment for the libraries' own native threads (the model backends' compute pools), never for Python
     # threads, so that gRPC, trio and the camera readers get a core first when the model fills them; 0 = off.
     compute_thread_nice: int = 10
+    # Where cameras are decoded (CAMERA_DECODING): in a child process, so that their reader threads do not compete
+    # with the engine's for the GIL, or in the engine's own threads.
+    camera_decoding: str = "process"
 
 
 @dataclass(frozen=True)
@@ -277,6 +283,7 @@ def _parse_engine(sec: _Section | None) -> EngineConfig:
         max_cameras=sec.get("max_cameras", int, d.max_cameras, _in_range(0, 10_000)),
         admission_max_load=sec.get("admission_max_load", float, d.admission_max_load, _in_range(0, 10)),
         compute_thread_nice=sec.get("compute_thread_nice", int, d.compute_thread_nice, _in_range(0, 19)),
+        camera_decoding=sec.get("camera_decoding", str, d.camera_decoding, _one_of(CAMERA_DECODING)),
     )
     sec.finish()
     return cfg

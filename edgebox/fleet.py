@@ -20,9 +20,11 @@ from edgebox.cameras import (
     CameraState,
     CameraStatus,
     mask_url,
+    open_source,
     parse_camera_options,
     validate_source_url,
 )
+from edgebox.cameras.decoder_process import CameraDecoder
 from edgebox.errors import AlreadyExists, CameraNotFound, EdgeboxError, InvalidRequest, ResourceExhausted
 from edgebox.limits import MAX_CAMERA_OPTIONS, check_id
 from edgebox.memory import give_back_freed_memory
@@ -75,13 +77,16 @@ class Camera:
 class CameraFleet:
     def __init__(self, store: Store, workflows: WorkflowRegistry, hub: ResultHub, metrics: Metrics,
                  max_cameras: int, admission: Admission | None = None,
-                 give_back_memory: Callable[[], object] = give_back_freed_memory) -> None:
+                 give_back_memory: Callable[[], object] = give_back_freed_memory,
+                 decoder: CameraDecoder | None = None) -> None:
         self._store = store
         self._workflows = workflows
         self._hub = hub
         self._metrics = metrics
         self._max_cameras = max_cameras
         self._admission = admission
+        # Decodes the cameras in a process of its own (engine.camera_decoding); None: reader threads in this one.
+        self.decoder = decoder
         self._cameras: dict[str, Camera] = {}
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
@@ -107,6 +112,10 @@ class CameraFleet:
             raise CameraNotFound(f"camera {camera_id!r} is not registered; ListCameras shows the registered ids")
         return camera
 
+    def resident_bytes(self) -> int:
+        """Memory the cameras' decoding holds outside this process (the decoding process's), else 0."""
+        return self.decoder.resident_bytes() if self.decoder is not None else 0
+
     def using(self, workflow_id: str) -> list[str]:
         return [c.camera_id for c in self._cameras.values() if c.workflow_id == workflow_id]
 
@@ -114,6 +123,8 @@ class CameraFleet:
         """Own the camera tasks: restore the stored cameras, then serve add/remove until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.decoder is not None:
+                await nursery.start(self.decoder.run)
             rows = await trio.to_thread.run_sync(self._store.cameras)
             for row in rows:
                 try:
@@ -128,8 +139,9 @@ class CameraFleet:
         options = parse_camera_options(config)
         pipeline = CameraPipeline(camera_id, workflow_id, options.roi, self._workflows.runtime, self._hub,
                                   self._metrics)
-        runner = CameraRunner(camera_id, url, options, pipeline.offer, open_gate=self._open_gate,
-                              on_change=self._changed)
+        factory = self.decoder.open_source if self.decoder is not None else open_source
+        runner = CameraRunner(camera_id, url, options, pipeline.offer, source_factory=factory,
+                              open_gate=self._open_gate, on_change=self._changed)
         return Camera(camera_id, url, workflow_id, dict(config), options, runner, pipeline)
 
     def _changed(self) -> None:

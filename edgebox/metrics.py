@@ -73,6 +73,12 @@ class Metrics:
         self.grpc_latency = Histogram(
             "edgebox_grpc_request_duration_seconds", "gRPC unary call duration", ["method"],
             buckets=LATENCY_BUCKETS, registry=r)
+        self.decoder_starts = Counter(
+            "edgebox_decoder_starts", "Camera decoding processes started (engine.camera_decoding process); more "
+            "than one means it died and was restarted", registry=r)
+        self.decoder_resident_memory = Gauge(
+            "edgebox_decoder_resident_memory_bytes", "Resident memory of the camera decoding process (0 while none "
+            "runs); process_resident_memory_bytes is the engine's own", registry=r)
         self.cameras_registered = Gauge("edgebox_cameras_registered", "Registered cameras", registry=r)
         self.workflows_deployed = Gauge("edgebox_workflows_deployed", "Deployed workflows", registry=r)
 
@@ -114,9 +120,10 @@ def histogram_sum_count(metric: Histogram, **match: str) -> tuple[float, float]:
     return s, c
 
 
-def process_rss_bytes() -> int:
+def process_rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of this process, or of process `pid`; 0 where /proc cannot tell (gone, not Linux)."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return 0

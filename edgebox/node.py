@@ -286,7 +286,7 @@ class Node:
             avg_batch_size=inferred / executions if executions else 0.0,
             queue_depth=self.pool.queue_depth(),
             frames_dropped=int(total(m.frames_dropped)),
-            memory_usage_bytes=process_rss_bytes(),
+            memory_usage_bytes=process_rss_bytes() + self.fleet.resident_bytes(),
             gpu_utilization=gpu.utilization_percent,
             gpu_memory_used_bytes=gpu.memory_used_bytes,
             models=tuple(self.loaded_models()),

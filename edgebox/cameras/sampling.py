@@ -49,6 +49,17 @@ class Sampler:
         self._interval_ema: float | None = None
         self._next_sample = -math.inf
 
+    def snapshot(self) -> list[float | int | None]:
+        """The arrival bookkeeping as plain values, for a sampler that mirrors this one in another process."""
+        return [self.opened_at, self.arrivals, self.first_arrival, self.last_arrival, self.last_wall,
+                self._interval_ema]
+
+    def mirror(self, snapshot: list[float | int | None]) -> None:
+        """Take over another sampler's bookkeeping (its `snapshot()`); the two clocks must be the same one
+        (time.monotonic is shared by every process of the machine)."""
+        (self.opened_at, self.arrivals, self.first_arrival, self.last_arrival, self.last_wall,
+         self._interval_ema) = snapshot  # type: ignore[assignment]
+
     def opened(self) -> None:
         """The stream is connected: the watchdog counts from now until the first frame."""
         self.opened_at = self.clock()

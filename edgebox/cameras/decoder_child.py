@@ -1,0 +1,195 @@
+"""The camera decoding process: `edgebox _decode-cameras --fd N`, started by the engine, never by people.
+
+It runs the engine's own `OpenCvSource` for every camera the engine opens here, each with its reader thread, and
+sends the sampled frames back over the socket it was given (edgebox/cameras/decoder_wire.py). Decoding lives
+here, not in the engine, because every frame a camera sends costs its reader thread a turn of Python's GIL: with
+50 cameras that is over a thousand GIL hand-overs a second, and the engine's gRPC thread waited behind them for up
+to the 5 ms switch interval (docs/benchmarks.md, "What the gRPC thread waits for"). Here they contend only with
+each other. A crash in FFmpeg now ends this process, not the engine: the engine fails its cameras over to a new
+one.
+
+Messages from the engine: `open` (key, url, options), `credit` (the engine took the last frame: send the next),
+`close` (key). To the engine: `hello` (pid), `opened`, `frame` (+ pixels), `failed` (the StreamFailure),
+`closed`, and every TICK_S a `tick` with the arrival counts of every camera and the decode work done since the
+last one. The process ends when its socket reaches its end: the engine closed it, or the engine died, even by
+SIGKILL, and the kernel closed it. (PR_SET_PDEATHSIG would not do: it fires when the thread that started the
+process ends, and trio starts processes from a worker thread that ends after 10 s idle.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from edgebox.cameras import decode_meter
+from edgebox.cameras.decoder_wire import MessageChannel
+from edgebox.cameras.opencv_source import OpenCvSource
+from edgebox.cameras.options import CameraOptions
+from edgebox.cameras.sampling import Sampler
+from edgebox.cameras.state import StreamError, StreamFailure, StreamStalled
+from edgebox.cli import DECODER_COMMAND
+from edgebox.memory import fix_malloc_thresholds, give_back_freed_memory, limit_malloc_arenas
+from edgebox.os_thread_name import set_os_thread_name
+
+log = logging.getLogger("edgebox.decoder")
+
+PROCESS_NAME = "edgebox-decode"
+TICK_S = 0.25  # how stale the engine's view of a camera's arrivals may get between sampled frames
+
+
+def options_to_wire(options: CameraOptions) -> dict[str, Any]:
+    """What the decoding process needs of a camera's options (ROI, back-off and admission stay in the engine)."""
+    return {"fps": options.fps, "transport": options.transport, "watchdog_s": options.watchdog_s,
+            "open_timeout_s": options.open_timeout_s}
+
+
+def options_from_wire(data: dict[str, Any]) -> CameraOptions:
+    return CameraOptions(fps=float(data["fps"]), transport=str(data["transport"]),
+                         watchdog_s=float(data["watchdog_s"]), open_timeout_s=float(data["open_timeout_s"]))
+
+
+@dataclass
+class _Camera:
+    sampler: Sampler
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    credit: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(1, max_value=1))
+    reported_arrivals: int = 0
+
+
+class DecoderChild:
+    """Serves one engine over `channel` until the engine closes it."""
+
+    def __init__(self, channel: MessageChannel) -> None:
+        self._channel = channel
+        self._cameras: dict[int, _Camera] = {}
+        self._reported_meter = decode_meter.totals()
+        self._trim_lock = trio.Lock()
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._tick)
+            await self._channel.send({"op": "hello", "pid": os.getpid()})
+            while (message := await self._channel.receive()) is not None:
+                header, body_len = message
+                await self._channel.skip_body(body_len)  # the engine sends no bodies
+                self._handle(nursery, header)
+            log.debug("the engine closed the connection; stopping %d camera(s)", len(self._cameras))
+            nursery.cancel_scope.cancel()
+
+    def _handle(self, nursery: trio.Nursery, header: dict[str, Any]) -> None:
+        op, key = header.get("op"), header.get("key")
+        if op == "open":
+            sampler = Sampler(float(header["options"]["fps"]), float(header["options"]["watchdog_s"]),
+                              OpenCvSource.clock)
+            camera = self._cameras[key] = _Camera(sampler)
+            nursery.start_soon(self._run_camera, key, camera, header["url"], options_from_wire(header["options"]))
+        elif op == "credit":
+            camera = self._cameras.get(key)
+            if camera is not None and camera.credit.value == 0:
+                camera.credit.release()
+        elif op == "close":
+            camera = self._cameras.get(key)
+            if camera is None:  # it ended on its own and said so; say it again for this close
+                nursery.start_soon(self._send_quietly, {"op": "closed", "key": key})
+            else:
+                camera.scope.cancel()
+        else:
+            log.error("unknown message from the engine: %r", header)
+
+    async def _run_camera(self, key: int, camera: _Camera, url: str, options: CameraOptions) -> None:
+        source = OpenCvSource(url, options)
+        try:
+            with camera.scope:
+                try:
+                    await source.open(camera.sampler)
+                    await self._channel.send({"op": "opened", "key": key, "s": camera.sampler.snapshot()})
+                    while True:
+                        frame = await source.read()
+                        await camera.credit.acquire()
+                        # The frame's arrival on this process's trio clock, as time.monotonic (shared by the engine).
+                        arrived = time.monotonic() - (trio.current_time() - frame.arrived)
+                        camera.reported_arrivals = camera.sampler.arrivals
+                        await self._channel.send({"op": "frame", "key": key, "shape": list(frame.image.shape),
+                                                  "captured_at": frame.captured_at, "arrived": arrived,
+                                                  "s": camera.sampler.snapshot()}, frame.image)
+                except StreamFailure as failure:
+                    await self._channel.send({"op": "failed", "key": key, "error": failure.error.name,
+                                              "message": failure.message,
+                                              "stalled": isinstance(failure, StreamStalled),
+                                              "s": camera.sampler.snapshot()})
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise  # the engine is gone: nothing to tell it
+                except Exception as exc:  # this camera's boundary: the engine retries it
+                    log.exception("camera source %d raised unexpectedly", key)
+                    await self._channel.send({"op": "failed", "key": key, "error": StreamError.OTHER.name,
+                                              "message": f"{type(exc).__name__}: {exc}", "stalled": False,
+                                              "s": camera.sampler.snapshot()})
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await source.aclose()  # bounded by one read timeout (OpenCvSource)
+                del self._cameras[key]
+                await self._send_quietly({"op": "closed", "key": key})
+                await self._give_back_memory()
+
+    async def _give_back_memory(self) -> None:
+        if self._trim_lock.locked():  # one is waiting already: it will free this camera's frames too
+            return
+        async with self._trim_lock:
+            await trio.to_thread.run_sync(give_back_freed_memory)
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(TICK_S)
+            arrivals = {}
+            for key, camera in self._cameras.items():
+                if camera.sampler.arrivals != camera.reported_arrivals:
+                    camera.reported_arrivals = camera.sampler.arrivals
+                    arrivals[str(key)] = camera.sampler.snapshot()
+            pixels, cpu_s = decode_meter.totals()
+            before_pixels, before_cpu_s = self._reported_meter
+            if arrivals or pixels != before_pixels:
+                self._reported_meter = (pixels, cpu_s)
+                await self._send_quietly({"op": "tick", "s": arrivals,
+                                          "meter": [pixels - before_pixels, cpu_s - before_cpu_s]})
+
+    async def _send_quietly(self, header: dict[str, Any]) -> None:
+        try:
+            await self._channel.send(header)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the engine is gone; serve() ends at its EOF
+
+
+def decoder_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"edgebox {DECODER_COMMAND}",
+                                     description="the engine's camera decoding process (started by the engine)")
+    parser.add_argument("--fd", type=int, required=True, help="the connected Unix socket to the engine")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    set_os_thread_name(PROCESS_NAME)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group; the engine decides
+    fix_malloc_thresholds()
+    limit_malloc_arenas()
+    sock = socket.socket(fileno=args.fd)
+
+    async def main() -> None:
+        channel = MessageChannel(trio.socket.from_stdlib_socket(sock))
+        try:
+            await DecoderChild(channel).serve()
+        finally:
+            channel.close()
+
+    trio.run(main)
+    return 0

@@ -1,0 +1,257 @@
+"""Cameras decoded in the engine's decoding process (engine.camera_decoding "process", the default): real RTSP
+streams from gst-rtsp-server, the real `edgebox _decode-cameras` child, real signals.
+
+The behaviours tests/cameras/test_real_streams.py checks for reader threads in the engine are checked here across
+the process boundary (sampling, failures classified, a frozen server STALLED), and what only a process has: the
+engine keeps no reader thread, a decoding process that dies is replaced, one that cannot start fails the open
+with the reason, and none outlives the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from edgebox.cameras import CameraRunner, CameraState, CapturedFrame, StreamError
+from edgebox.cameras.decoder_process import CameraDecoder, ProcessSource, decoder_argv
+from edgebox.cameras.decoder_wire import MessageChannel, ProtocolError
+from edgebox.metrics import Metrics
+from tests.cameras.test_real_streams import QUICK, Transitions, needs_rtsp_server, wait_for
+from tests.support.rtsp import RtspServer, free_port
+
+
+@pytest.fixture
+async def decoder(nursery):
+    decoder = CameraDecoder("INFO", metrics=Metrics())
+    await nursery.start(decoder.run)
+    return decoder
+
+
+def thread_names(pid: int | str) -> list[str]:
+    """The kernel's names of a process's threads (what top -H shows)."""
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # the thread ended while we looked
+            pass
+    return names
+
+
+def process_running(pid: int) -> bool:
+    """True unless the process is gone or a zombie (exited, not yet reaped by whoever adopted it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@needs_rtsp_server
+async def test_a_stream_is_sampled_in_the_decoding_process_and_the_engine_keeps_no_reader_thread(
+        rtsp_server: RtspServer, decoder: CameraDecoder):
+    sampled: list[CapturedFrame] = []
+    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, sampled.append, source_factory=decoder.open_source)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        opened = await wait_for(runner, CameraState.STREAMING, timeout=8)
+        before_in, before_sampled = runner.status.frames_in, len(sampled)
+        await trio.sleep(3)
+        status = runner.status
+        engine_threads, decoder_threads = thread_names("self"), thread_names(decoder.pid)
+        resident = decoder.resident_bytes()
+        nursery.cancel_scope.cancel()
+    frames_in, frames_sampled = status.frames_in - before_in, len(sampled) - before_sampled
+    print(f"\nopen to first frame through the decoding process: {opened:.2f} s; in 3 s {frames_in} in, "
+          f"{frames_sampled} sampled, fps_in {status.fps_in:.1f}; decoding process {resident / 1e6:.0f} MB resident")
+    # The counts come from the process's sampler, mirrored here: the same figures as with a reader thread here.
+    assert 20 <= frames_in <= 40  # the server sends 10 fps
+    assert 9 <= frames_sampled <= 14  # fps=4 over 3 s
+    assert 7 <= status.fps_in <= 13 and status.resolution == "640x360"
+    image = sampled[-1].image
+    assert image.shape == (360, 640, 3) and image.dtype == np.uint8 and image.std() > 5  # real pixels arrived
+    assert [f.seq for f in sampled] == list(range(1, len(sampled) + 1))
+    assert "edgebox-camera" not in engine_threads
+    assert decoder_threads.count("edgebox-camera") == 1 and "edgebox-decode" in decoder_threads
+    assert resident > 10e6
+
+
+@needs_rtsp_server
+async def test_failures_keep_their_class_across_the_process_boundary(rtsp_server: RtspServer,
+                                                                      decoder: CameraDecoder):
+    urls = {"missing": rtsp_server.url("/no-such-mount"), "no-credentials": rtsp_server.url("/secure"),
+            "refused": f"rtsp://127.0.0.1:{free_port()}/ball"}
+    runners = {name: CameraRunner(name, url, QUICK, lambda frame: None, source_factory=decoder.open_source)
+               for name, url in urls.items()}
+    async with trio.open_nursery() as nursery:
+        for runner in runners.values():
+            await nursery.start(runner.run)
+        await wait_for(runners["missing"], CameraState.FAILED, timeout=6)
+        await wait_for(runners["no-credentials"], CameraState.FAILED, timeout=6)
+        await wait_for(runners["refused"], CameraState.RECONNECTING, timeout=6)
+        statuses = {name: runner.status for name, runner in runners.items()}
+        nursery.cancel_scope.cancel()
+    assert statuses["missing"].error is StreamError.NOT_FOUND and "404" in statuses["missing"].last_error
+    assert statuses["no-credentials"].error is StreamError.UNAUTHORIZED
+    assert "needs credentials" in statuses["no-credentials"].last_error
+    assert statuses["refused"].error is StreamError.REFUSED
+
+
+@needs_rtsp_server
+async def test_a_frozen_server_is_stalled_by_the_watchdog_and_streams_again_after_thaw(
+        rtsp_server: RtspServer, decoder: CameraDecoder):
+    seen = Transitions()
+    logger = __import__("logging").getLogger("edgebox.cameras")
+    logger.addHandler(seen)
+    sampled: list[CapturedFrame] = []
+    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, sampled.append, source_factory=decoder.open_source)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            await wait_for(runner, CameraState.STREAMING, timeout=8)
+            rtsp_server.freeze()
+            frozen_at = trio.current_time()
+            await wait_for(runner, CameraState.RECONNECTING, timeout=QUICK.watchdog_s + 5)
+            stalled_at = seen.first("STALLED", after=frozen_at)
+            late = [f for f in sampled if f.captured_mono > frozen_at + 0.5]
+            rtsp_server.thaw()
+            await wait_for(runner, CameraState.STREAMING, timeout=15)
+            nursery.cancel_scope.cancel()
+    finally:
+        logger.removeHandler(seen)
+    assert stalled_at is not None and stalled_at - frozen_at <= QUICK.watchdog_s + 0.5
+    assert late == []
+
+
+@needs_rtsp_server
+async def test_a_killed_decoding_process_is_replaced_and_every_camera_streams_again(
+        rtsp_server: RtspServer, decoder: CameraDecoder):
+    runners = [CameraRunner(f"c{i}", rtsp_server.url("/ball"), QUICK, lambda frame: None,
+                            source_factory=decoder.open_source) for i in range(3)]
+    async with trio.open_nursery() as nursery:
+        for runner in runners:
+            await nursery.start(runner.run)
+        for runner in runners:
+            await wait_for(runner, CameraState.STREAMING, timeout=10)
+        first = decoder.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)  # as a segfault in FFmpeg would end it
+        for runner in runners:
+            await wait_for(runner, CameraState.RECONNECTING, timeout=5)
+        reasons = [runner.status.last_error for runner in runners]
+        recovered = max([await wait_for(runner, CameraState.STREAMING, timeout=10) for runner in runners])
+        second = decoder.pid
+        nursery.cancel_scope.cancel()
+    print(f"\ndecoding process killed: all 3 cameras STREAMING again within {recovered:.2f} s, in pid {second}")
+    assert all(f"decoding process (pid {first}) was killed by SIGKILL" in reason for reason in reasons)
+    assert second is not None and second != first and decoder.starts == 2
+    assert not process_running(first)
+
+
+@needs_rtsp_server
+async def test_closing_a_camera_releases_its_capture_in_the_process_which_ends_with_the_decoder(
+        rtsp_server: RtspServer):
+    decoder = CameraDecoder("INFO")
+    async with trio.open_nursery() as outer:
+        await outer.start(decoder.run)
+        runners = [CameraRunner(f"c{i}", rtsp_server.url("/ball"), QUICK, lambda frame: None,
+                                source_factory=decoder.open_source) for i in range(2)]
+        async with trio.open_nursery() as cameras:
+            for runner in runners:
+                await cameras.start(runner.run)
+            for runner in runners:
+                await wait_for(runner, CameraState.STREAMING, timeout=10)
+            pid = decoder.pid
+            assert pid is not None
+            assert thread_names(pid).count("edgebox-camera") == 2
+            cameras.cancel_scope.cancel()  # removes both cameras; their closes wait for the process's answer
+        readers_after_close = thread_names(pid).count("edgebox-camera")
+        outer.cancel_scope.cancel()
+    assert readers_after_close == 0
+    assert not process_running(pid)
+
+
+async def test_a_decoding_process_that_cannot_start_fails_the_open_with_the_reason(nursery):
+    exits = "import sys; print('no codecs here', file=sys.stderr); sys.exit(3)"
+    broken = CameraDecoder(argv=[sys.executable, "-c", exits])
+    await nursery.start(broken.run)
+    runner = CameraRunner("c", "rtsp://127.0.0.1:1/x", QUICK, lambda frame: None, source_factory=broken.open_source)
+    async with trio.open_nursery() as cameras:
+        await cameras.start(runner.run)
+        await wait_for(runner, CameraState.RECONNECTING, timeout=10)
+        status = runner.status
+        cameras.cancel_scope.cancel()
+    assert status.error is StreamError.OTHER
+    assert "the camera decoding process did not start: it exited with status 3" in status.last_error
+
+
+async def test_demo_cameras_stay_in_the_engine_and_start_no_process(decoder: CameraDecoder):
+    runner = CameraRunner("demo", "demo://person", QUICK, lambda frame: None, source_factory=decoder.open_source)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        await wait_for(runner, CameraState.STREAMING, timeout=5)
+        nursery.cancel_scope.cancel()
+    assert decoder.pid is None and decoder.starts == 0
+    assert not isinstance(decoder.open_source("demo://person", QUICK), ProcessSource)
+
+
+def test_the_decoding_process_dies_with_an_engine_killed_outright(tmp_path: Path):
+    # The "engine" here is a Python program that starts the process and is then SIGKILLed: nothing of it runs to
+    # close the socket; the kernel closes it, and the child must take that end of input as its cue to exit.
+    script = tmp_path / "engine.py"
+    script.write_text(
+        "import sys, trio\n"
+        "from edgebox.cameras.decoder_process import CameraDecoder\n"
+        "async def main():\n"
+        "    decoder = CameraDecoder()\n"
+        "    async with trio.open_nursery() as n:\n"
+        "        await n.start(decoder.run)\n"
+        "        await decoder._running()\n"
+        "        print(decoder.pid, flush=True)\n"
+        "        await trio.sleep_forever()\n"
+        "trio.run(main)\n")
+    engine = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        child = int(engine.stdout.readline())
+        assert process_running(child)
+        engine.kill()
+        engine.wait()
+        deadline = time.monotonic() + 10
+        while process_running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_running(child)
+    finally:
+        engine.kill()
+
+
+def test_decoder_argv_runs_this_program_with_the_hidden_command():
+    argv = decoder_argv("DEBUG")
+    assert argv[0] == sys.executable and argv[-3:] == ["_decode-cameras", "--log-level", "DEBUG"]
+
+
+async def test_messages_round_trip_a_frame_and_garbage_is_a_protocol_error():
+    ours, theirs = socket.socketpair()
+    sender = MessageChannel(trio.socket.from_stdlib_socket(ours))
+    receiver = MessageChannel(trio.socket.from_stdlib_socket(theirs))
+    frame = np.random.default_rng(1).integers(0, 255, (360, 640, 3), dtype=np.uint8)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender.send, {"op": "frame", "shape": list(frame.shape)}, frame)
+        header, body_len = await receiver.receive()
+        got = np.empty(header["shape"], np.uint8)
+        await receiver.receive_body(memoryview(got).cast("B"))
+    assert header["op"] == "frame" and body_len == frame.nbytes and np.array_equal(got, frame)
+    await trio.socket.from_stdlib_socket(ours.dup()).send(b"\xff\xff\xff\xff\x00\x00\x00\x00")
+    with pytest.raises(ProtocolError, match="header"):
+        await receiver.receive()
+    sender.close()
+    receiver.close()
