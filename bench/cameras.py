@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.process_tree import tree, tree_cpu_seconds, tree_rss_mb, tree_threads
 from edgebox.client import EdgeboxClient, EdgeboxClientError
-from edgebox.config import OPENVINO_PRECISIONS
+from edgebox.config import CAMERA_DECODING, OPENVINO_PRECISIONS, EngineConfig
 from edgebox.proto_gen import infer as pb
 from tests.support.rtsp import RtspServer, gi_rtsp_available, image_mount, pattern_mount
 
@@ -143,7 +143,8 @@ def cpu_model() -> str:
 def start_engine(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str, Path]:
     config = {"log_level": args.log_level, "console": {"enabled": False},
               "engine": {"max_cameras": 10_000, "admission_max_load": args.admission_max_load,
-                         "openvino_precision": args.openvino_precision}}
+                         "openvino_precision": args.openvino_precision,
+                         "camera_decoding": args.camera_decoding}}
     config_path = workdir / "engine.json"
     config_path.write_text(json.dumps(config))
     log_path = workdir / "engine.log"
@@ -355,6 +356,8 @@ def main() -> None:
                    help="engine.admission_max_load (default 0.9; 0 = no admission control)")
     p.add_argument("--openvino-precision", choices=OPENVINO_PRECISIONS, default="auto",
                    help="engine.openvino_precision (default auto: bf16 where the CPU has it)")
+    p.add_argument("--camera-decoding", choices=CAMERA_DECODING, default=EngineConfig.camera_decoding,
+                   help="engine.camera_decoding: in the engine's reader threads or in its decoding process")
     p.add_argument("--log-level", default="WARNING", help="engine log level (default WARNING)")
     p.add_argument("--budget", type=float, default=330.0,
                    help="seconds the whole run may take; no step starts that would pass it (default 330)")
@@ -377,7 +380,7 @@ def main() -> None:
           f"{len(os.sched_getaffinity(0))} cores, load average before {os.getloadavg()[0]:.2f}")
     print(f"# {args.mounts} shared RTSP mounts 640x360 at 10 fps (H.264), {args.plugin} workflow, sampling {args.fps:g} "
           f"fps per camera, {args.duration:g} s per step, admission_max_load {args.admission_max_load:g}, "
-          f"openvino_precision {args.openvino_precision}")
+          f"openvino_precision {args.openvino_precision}, camera_decoding {args.camera_decoding}")
     print(HEADER, flush=True)
     started = time.monotonic()
     steps = asyncio.run(bench(args))

@@ -34,9 +34,9 @@ BACKEND_CHOICES = (
 # engine.openvino_precision: "auto" is OpenVINO's own choice per device (bf16 on CPUs with AMX or AVX-512 BF16,
 # f16 on GPUs and NPUs, f32 elsewhere); "f32" asks every device for full precision.
 OPENVINO_PRECISIONS = ("auto", "f32")
-# engine.camera_decoding: "process" decodes every camera in one child process (edgebox/cameras/decoder_process.py),
-# "threads" in a reader thread per camera inside the engine.
-CAMERA_DECODING = ("process", "threads")
+# engine.camera_decoding: "threads" decodes every camera in a reader thread of the engine, "process" in one child
+# process (edgebox/cameras/decoder_process.py).
+CAMERA_DECODING = ("threads", "process")
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,9 @@ class EngineConfig:
     # Nice increment for the libraries' own native threads (the model backends' compute pools), never for Python
     # threads, so that gRPC, trio and the camera readers get a core first when the model fills them; 0 = off.
     compute_thread_nice: int = 10
-    # Where cameras are decoded (CAMERA_DECODING): in a child process, so that their reader threads do not compete
-    # with the engine's for the GIL, or in the engine's own threads.
-    camera_decoding: str = "process"
+    # Where cameras are decoded (CAMERA_DECODING): in reader threads of the engine, or in a child process, where a
+    # crash in FFmpeg ends that process, not the engine, at ~120 MB more memory with 50 cameras (docs/benchmarks.md).
+    camera_decoding: str = "threads"
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,19 @@
 """The camera decoding process: `edgebox _decode-cameras --fd N`, started by the engine, never by people.
 
 It runs the engine's own `OpenCvSource` for every camera the engine opens here, each with its reader thread, and
-sends the sampled frames back over the socket it was given (edgebox/cameras/decoder_wire.py). Decoding lives
-here, not in the engine, because every frame a camera sends costs its reader thread a turn of Python's GIL: with
-50 cameras that is over a thousand GIL hand-overs a second, and the engine's gRPC thread waited behind them for up
-to the 5 ms switch interval (docs/benchmarks.md, "What the gRPC thread waits for"). Here they contend only with
-each other. A crash in FFmpeg now ends this process, not the engine: the engine fails its cameras over to a new
-one.
+sends the sampled frames back over the socket it was given (edgebox/cameras/decoder_wire.py). It exists for
+engine.camera_decoding "process": FFmpeg parses what cameras send, and a crash in it then ends this process, not
+the engine, which reopens the cameras in a new one (docs/architecture.md, "Decoding in a process of its own").
 
-Messages from the engine: `open` (key, url, options), `credit` (the engine took the last frame: send the next),
-`close` (key). To the engine: `hello` (pid), `opened`, `frame` (+ pixels), `failed` (the StreamFailure),
-`closed`, and every TICK_S a `tick` with the arrival counts of every camera and the decode work done since the
-last one. The process ends when its socket reaches its end: the engine closed it, or the engine died, even by
-SIGKILL, and the kernel closed it. (PR_SET_PDEATHSIG would not do: it fires when the thread that started the
-process ends, and trio starts processes from a worker thread that ends after 10 s idle.)
+Messages from the engine: `open` (key, url, options) and `close` (key). To the engine: `hello` (pid), `opened`,
+a frame (binary header + pixels) for every sampled frame, `failed` (the StreamFailure), `closed`, and every TICK_S
+a `tick` with the arrival counts of the cameras that received frames and the decode work done since the last one.
+Frames are sent as they are sampled: when the engine reads slower than they come, the socket fills, the sends
+wait, and the reader threads wait with them, as they waited for trio in the engine.
+
+The process ends when its socket reaches its end: the engine closed it, or the engine died, even by SIGKILL, and
+the kernel closed it. (PR_SET_PDEATHSIG would not do: it fires when the thread that started the process ends, and
+trio starts processes from a worker thread that ends after 10 s idle.)
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ def options_from_wire(data: dict[str, Any]) -> CameraOptions:
 class _Camera:
     sampler: Sampler
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    credit: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(1, max_value=1))
     reported_arrivals: int = 0
 
 
@@ -92,10 +91,6 @@ class DecoderChild:
                               OpenCvSource.clock)
             camera = self._cameras[key] = _Camera(sampler)
             nursery.start_soon(self._run_camera, key, camera, header["url"], options_from_wire(header["options"]))
-        elif op == "credit":
-            camera = self._cameras.get(key)
-            if camera is not None and camera.credit.value == 0:
-                camera.credit.release()
         elif op == "close":
             camera = self._cameras.get(key)
             if camera is None:  # it ended on its own and said so; say it again for this close
@@ -114,13 +109,9 @@ class DecoderChild:
                     await self._channel.send({"op": "opened", "key": key, "s": camera.sampler.snapshot()})
                     while True:
                         frame = await source.read()
-                        await camera.credit.acquire()
                         # The frame's arrival on this process's trio clock, as time.monotonic (shared by the engine).
                         arrived = time.monotonic() - (trio.current_time() - frame.arrived)
-                        camera.reported_arrivals = camera.sampler.arrivals
-                        await self._channel.send({"op": "frame", "key": key, "shape": list(frame.image.shape),
-                                                  "captured_at": frame.captured_at, "arrived": arrived,
-                                                  "s": camera.sampler.snapshot()}, frame.image)
+                        await self._channel.send_frame(key, frame.image, frame.captured_at, arrived)
                 except StreamFailure as failure:
                     await self._channel.send({"op": "failed", "key": key, "error": failure.error.name,
                                               "message": failure.message,

@@ -1,12 +1,12 @@
-"""The engine's side of camera decoding in a process of its own: `CameraDecoder` owns that process and routes its
-messages; `ProcessSource` is the `FrameSource` a camera runner drives, one per open attempt.
+"""The engine's side of camera decoding in a process of its own (engine.camera_decoding "process"): `CameraDecoder`
+owns that process and routes its messages; `ProcessSource` is the `FrameSource` a camera runner drives, one per
+open attempt. A crash in FFmpeg then ends that process, not the engine.
 
 The process (edgebox/cameras/decoder_child.py) runs `OpenCvSource` for every camera and sends each sampled frame
-once, straight into a numpy array here, on the trio thread: the engine keeps no camera reader threads. Frames
-are sent one at a time per camera: the process sends the next only after the source here has handed the last one
-to its runner (a credit), as the reader thread waited for trio before. The runner's `Sampler` mirrors the
-process's (its arrival counts come with every frame and every TICK_S), so the watchdog, the listing and
-admission control see the same figures as with threads, timed by the same `time.monotonic`.
+once, straight into a numpy array here, on the trio thread: the engine keeps no camera reader threads. The
+runner's `Sampler` mirrors the process's (its arrival counts come every TICK_S, and with opened and failed), so
+the watchdog, the listing and admission control see the same figures as with threads, timed by the same
+`time.monotonic`.
 
 The process starts at the first open and again at the first open after it died. If it dies, every camera opened
 in it fails with a StreamFailure saying so, and their runners reopen them, as after a network error.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ import trio
 
 from edgebox.cameras import decode_meter
 from edgebox.cameras.decoder_child import options_to_wire
-from edgebox.cameras.decoder_wire import MessageChannel, ProtocolError
+from edgebox.cameras.decoder_wire import FrameHeader, MessageChannel, ProtocolError
 from edgebox.cameras.demo_source import DemoSource
 from edgebox.cameras.options import CameraOptions
 from edgebox.cameras.sampling import SampledFrame, Sampler
@@ -42,7 +41,8 @@ from edgebox.metrics import Metrics, process_rss_bytes
 log = logging.getLogger("edgebox.decoder")
 
 START_TIMEOUT_S = 60.0  # imports (~0.4 s here); the one-file binary may first unpack itself
-EXIT_WAIT_S = 2.0  # after the engine closes the socket, before the process is killed
+EXIT_WAIT_S = 2.0
+WAITING_FRAMES = 2  # per camera, between the socket and its runner  # after the engine closes the socket, before the process is killed
 
 
 def decoder_argv(log_level: str) -> list[str]:
@@ -153,12 +153,15 @@ class CameraDecoder:
             self._metrics.decoder_starts.inc()
         how: str | None = "closed the connection"
         try:
-            with trio.move_on_after(START_TIMEOUT_S):
+            hello = None
+            with trio.move_on_after(START_TIMEOUT_S) as waited:
                 hello = await channel.receive()
             if hello is None or hello[0].get("op") != "hello":
                 how = None  # said by the failure below
-                raise StreamFailure(StreamError.OTHER, "the camera decoding process did not start: it "
-                                    f"{_exit_description(await _reaped(process))} (its log is above)")
+                why = (f"did not answer within {START_TIMEOUT_S:g} s" if waited.cancelled_caught
+                       else _exit_description(await _reaped(process)))
+                raise StreamFailure(StreamError.OTHER, f"the camera decoding process did not start: it {why} "
+                                                       "(its log is above)")
             log.info("camera decoding process started (pid %d)", process.pid)
             task_status.started(link)
             await self._route(link)
@@ -167,6 +170,9 @@ class CameraDecoder:
         except trio.Cancelled:
             how = None  # the engine is stopping
             raise
+        except (KeyError, TypeError, ValueError) as exc:  # a message without the fields its kind has
+            log.exception("camera decoding process (pid %d) sent a message the engine cannot read", process.pid)
+            how = f"sent a malformed message ({type(exc).__name__}: {exc})"
         finally:
             link.alive = False
             channel.close()  # the process sees the end of its input and stops its cameras
@@ -182,23 +188,22 @@ class CameraDecoder:
         channel = link.channel
         while (message := await channel.receive()) is not None:
             header, body_len = message
-            op = header.get("op")
-            if op == "tick":
+            if isinstance(header, FrameHeader):
+                source = self._sources.get(header.key)
+                if source is None or source._link is not link:  # closed here already: not wanted
+                    await channel.skip_body(body_len)
+                    continue
+                image = np.empty((header.height, header.width, header.channels), np.uint8)
+                await channel.receive_body(memoryview(image).cast("B"))
+                source._frame(image, header.captured_at, header.arrived)
+                continue
+            await channel.skip_body(body_len)
+            if header.get("op") == "tick":
                 self._tick(header)
                 continue
-            source = self._sources.get(header.get("key", -1))
-            if source is None or source._link is not link:  # it was closed here already
-                await channel.skip_body(body_len)
-                continue
-            if op == "frame":
-                image = np.empty(header["shape"], np.uint8)
-                if image.nbytes != body_len:
-                    raise ProtocolError(f"a frame of shape {header['shape']} came with {body_len} bytes")
-                await channel.receive_body(memoryview(image).cast("B"))
-                source._frame(image, header)
-            else:
-                await channel.skip_body(body_len)
-                source._message(op, header)
+            source = self._sources.get(header["key"])
+            if source is not None and source._link is link:
+                source._message(header["op"], header)
 
     def _tick(self, header: dict[str, Any]) -> None:
         pixels, cpu_s = header["meter"]
@@ -238,8 +243,10 @@ class ProcessSource:
         self._key = -1
         self._link: _Link | None = None
         self._sampler: Sampler | None = None
-        # Credits bound what is queued here to one frame; the channel itself never refuses one.
-        self._send, self._receive = trio.open_memory_channel[tuple[np.ndarray, float, float]](math.inf)
+        # Frames waiting for the runner, which takes each at once unless the trio thread is starved; then the
+        # oldest gives way (counted in `dropped`), so that a runner that fell behind gets the newest frame.
+        self._send, self._receive = trio.open_memory_channel[tuple[np.ndarray, float, float]](WAITING_FRAMES)
+        self.dropped = 0
         self._opened = trio.Event()  # opened, failed or gone
         self._closed = trio.Event()  # the process released the capture (or is gone)
         self._failure: StreamFailure | None = None
@@ -258,8 +265,6 @@ class ProcessSource:
             image, captured_at, arrived = await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise self._failure or StreamFailure(StreamError.OTHER, f"{self._shown}: read after close") from None
-        if self._link is not None and self._link.alive:  # if it is gone, the next read raises why
-            await self._send_to(self._link, {"op": "credit", "key": self._key})
         return SampledFrame(image, captured_at, trio.current_time() - (time.monotonic() - arrived))
 
     async def aclose(self) -> None:
@@ -282,11 +287,15 @@ class ProcessSource:
         return True
 
     # ---- called by CameraDecoder._route on the trio thread -----------------------------------------------
-    def _frame(self, image: np.ndarray, header: dict[str, Any]) -> None:
-        if self._sampler is not None:
-            self._sampler.mirror(header["s"])
+    def _frame(self, image: np.ndarray, captured_at: float, arrived: float) -> None:
         try:
-            self._send.send_nowait((image, header["captured_at"], header["arrived"]))
+            self._send.send_nowait((image, captured_at, arrived))
+        except trio.WouldBlock:
+            self._receive.receive_nowait()
+            self.dropped += 1
+            log.debug("%s: the runner fell behind; dropped its oldest waiting frame (%d so far)", self._shown,
+                      self.dropped)
+            self._send.send_nowait((image, captured_at, arrived))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # closing: the frame is not wanted
 

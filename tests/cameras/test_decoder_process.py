@@ -23,7 +23,7 @@ import trio
 
 from edgebox.cameras import CameraRunner, CameraState, CapturedFrame, StreamError
 from edgebox.cameras.decoder_process import CameraDecoder, ProcessSource, decoder_argv
-from edgebox.cameras.decoder_wire import MessageChannel, ProtocolError
+from edgebox.cameras.decoder_wire import FrameHeader, MessageChannel, ProtocolError
 from edgebox.metrics import Metrics
 from tests.cameras.test_real_streams import QUICK, Transitions, needs_rtsp_server, wait_for
 from tests.support.rtsp import RtspServer, free_port
@@ -245,13 +245,48 @@ async def test_messages_round_trip_a_frame_and_garbage_is_a_protocol_error():
     receiver = MessageChannel(trio.socket.from_stdlib_socket(theirs))
     frame = np.random.default_rng(1).integers(0, 255, (360, 640, 3), dtype=np.uint8)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(sender.send, {"op": "frame", "shape": list(frame.shape)}, frame)
+        nursery.start_soon(sender.send_frame, 7, frame, 1234.5, 99.25)
         header, body_len = await receiver.receive()
-        got = np.empty(header["shape"], np.uint8)
+        got = np.empty((header.height, header.width, header.channels), np.uint8)
         await receiver.receive_body(memoryview(got).cast("B"))
-    assert header["op"] == "frame" and body_len == frame.nbytes and np.array_equal(got, frame)
-    await trio.socket.from_stdlib_socket(ours.dup()).send(b"\xff\xff\xff\xff\x00\x00\x00\x00")
+        nursery.start_soon(sender.send, {"op": "closed", "key": 7})
+        control, control_body = await receiver.receive()
+    assert isinstance(header, FrameHeader) and (header.key, header.captured_at, header.arrived) == (7, 1234.5, 99.25)
+    assert body_len == frame.nbytes and np.array_equal(got, frame)
+    assert control == {"op": "closed", "key": 7} and control_body == 0
+    await trio.socket.from_stdlib_socket(ours.dup()).send(b"\x00\xff\xff\xff\xff\x00\x00\x00\x00")
     with pytest.raises(ProtocolError, match="header"):
         await receiver.receive()
     sender.close()
     receiver.close()
+
+
+async def test_a_malformed_message_from_the_process_ends_that_process_not_the_engine(nursery, caplog):
+    # A stand-in child that says hello and then sends a tick without its fields: the engine must log it, fail the
+    # camera with a reason, and end that process; the nursery (the fleet's, in the engine) carries on.
+    script = ("import socket, struct, json, sys, time\n"
+              "sock = socket.socket(fileno=int(sys.argv[sys.argv.index('--fd') + 1]))\n"
+              "def send(h):\n"
+              "    b = json.dumps(h).encode(); sock.sendall(struct.pack('<BII', 0, len(b), 0) + b)\n"
+              "send({'op': 'hello', 'pid': 0})\n"
+              "sock.recv(65536)\n"  # the engine's open
+              "send({'op': 'tick'})\n"
+              "time.sleep(30)\n")
+    decoder = CameraDecoder(argv=[sys.executable, "-c", script])
+    await nursery.start(decoder.run)
+    runner = CameraRunner("c", "rtsp://127.0.0.1:1/x", QUICK, lambda frame: None, source_factory=decoder.open_source)
+    async with trio.open_nursery() as cameras:
+        await cameras.start(runner.run)
+        await wait_for(runner, CameraState.RECONNECTING, timeout=10)
+        status = runner.status
+        cameras.cancel_scope.cancel()
+    assert status.error is StreamError.OTHER and "the camera decoding process (pid" in status.last_error
+    assert "sent a malformed message (KeyError" in caplog.text
+
+
+async def test_a_runner_that_fell_behind_gets_the_newest_frames_and_the_drops_are_counted():
+    source = ProcessSource(CameraDecoder(), "rtsp://127.0.0.1/x", QUICK)
+    for value in range(4):  # four frames arrive before the runner reads once
+        source._frame(np.full((2, 2, 3), value, np.uint8), 1000.0 + value, time.monotonic())
+    got = [int((await source.read()).image[0, 0, 0]) for _ in range(2)]
+    assert got == [2, 3] and source.dropped == 2

@@ -6,14 +6,16 @@ Real time with small watchdog/back-off options (QUICK); measured times are print
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
 import trio
 
-from edgebox.metrics import Metrics
+from edgebox.metrics import Metrics, process_rss_bytes
 from edgebox.proto_gen import infer as pb
-from tests.e2e.engine import Engine, person_workflow
+from tests.e2e.engine import Engine, open_engine, person_workflow
 from tests.e2e.test_camera_results import assert_continuous, by_camera
 from tests.support.rtsp import RtspServer
 
@@ -158,4 +160,30 @@ async def test_adding_and_removing_cameras_leaves_the_others_streaming(engine: E
         assert all(after[c] > before[c] for c in "ab"), f"{op} {camera_id}: frames_in {before} -> {after}"
     assert [c.camera_id for c in await engine.call("list_cameras")] == ["a", "b"]
     assert all(c.frames_dropped == 0 and c.state == pb.CameraState.STREAMING for c in await engine.call("list_cameras"))
+    assert_continuous(sub.results)
+
+
+async def test_cameras_decoded_in_a_process_of_their_own_give_results_and_survive_its_death(
+        tmp_path, rtsp_server: RtspServer):
+    # engine.camera_decoding "process": the same engine, the same person results, and a decoding process that dies
+    # (as FFmpeg crashing would end it) costs its cameras a reopen, not the engine.
+    async with open_engine(tmp_path, admission_max_load=0.0, camera_decoding="process") as engine:
+        sub = engine.subscribe(omit_images=True)
+        await start_camera(engine, "cam", rtsp_server.url("/person"))
+        await sub.wait_for(lambda r: len(r) >= 2, timeout=60, what="results from the decoding process")
+        decoder = engine.node.fleet.decoder
+        assert decoder is not None and decoder.pid is not None
+        metrics = await engine.call("metrics")
+        assert metrics.memory_usage_bytes >= process_rss_bytes() + decoder.resident_bytes() // 2  # both processes
+        first = decoder.pid
+        os.kill(first, signal.SIGKILL)
+        info, _ = await engine.wait_camera("cam", lambda c: c.state == pb.CameraState.RECONNECTING, 10,
+                                           "RECONNECTING after the decoding process died")
+        assert f"decoding process (pid {first}) was killed by SIGKILL" in info.last_error
+        before = len(sub.results)
+        await engine.wait_camera("cam", streaming, 20, "STREAMING in a new decoding process")
+        await sub.wait_for(lambda r: len(r) > before, timeout=20, what="results after the restart")
+        health = await engine.call("health")
+        assert decoder.pid not in (None, first) and decoder.starts == 2
+        assert health.status == pb.HealthStatus.SERVING
     assert_continuous(sub.results)

@@ -920,7 +920,8 @@ class MetricsResponse(betterproto2.Message):
 
     memory_usage_bytes: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
     """
-    Resident memory of the engine process, bytes.
+    Resident memory of the engine process, bytes, with its camera decoding process where engine.camera_decoding
+    is "process".
     """
 
     total_infer_requests_64: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
