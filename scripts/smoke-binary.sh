@@ -6,7 +6,8 @@
 # to SERVING (prints the wall time from exec to the READY line and to a passing HealthCheck); a real
 # InferSingleFrame on tests/data/astronaut.png with `edgebox ctl infer` finding a person; the console page over
 # HTTP; SIGTERM and exit 0. Also that the backend probe's child process (edgebox/engine/library_probe.py) ran in
-# the binary, and the engine's RSS before any model loads. Prints the size and the start times (docs/benchmarks.md "## Binary").
+# the binary, the engine's RSS before any model loads, and a second engine with engine.camera_decoding "process"
+# streaming a video file through the binary's own camera decoding process, which ends with the engine. Prints the size and the start times (docs/benchmarks.md "## Binary").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
@@ -52,12 +53,13 @@ set +e; clean check-config broken.json 2>"$tmp/broken.err"; rc=$?; set -e
 [ "$rc" = 2 ] || fail "check-config on a broken file exited $rc, expected 2"
 step "check-config broken.json: exit 2 ($(cat "$tmp/broken.err"))"
 
-# start_server: starts the engine, waits for READY; sets server_pid, grpc, console, ready_ms.
+# start_server [CONFIG DATA_DIR]: starts the engine, waits for READY; sets server_pid, grpc, console, ready_ms.
 start_server() {
+  local config=${1:-engine.example.json} data=${2:-data}
   rm -f "$tmp/server.out"; mkfifo "$tmp/server.out"
   local t0; t0=$(now_ms)
-  (cd "$tmp" && exec env -i PATH=/usr/bin:/bin HOME="$tmp" ./edgebox --config engine.example.json \
-    --grpc_port 0 --console_port 0 --data_dir data >"$tmp/server.out" 2>"$tmp/server.err") &
+  (cd "$tmp" && exec env -i PATH=/usr/bin:/bin HOME="$tmp" ./edgebox --config "$config" \
+    --grpc_port 0 --console_port 0 --data_dir "$data" >"$tmp/server.out" 2>"$tmp/server.err") &
   server_pid=$!
   local line=
   exec 3<"$tmp/server.out"
@@ -119,6 +121,33 @@ step "console $url: HTTP 200"
 t0=$(now_ms)
 stop_server
 step "SIGTERM: exit 0 after $(( $(now_ms) - t0 )) ms"
+
+# engine.camera_decoding "process": the binary starts itself again as the camera decoding process
+# (edgebox/cameras/decoder_child.py), which must find its command and decode a real video file there.
+"${PYTHON:-.venv/bin/python}" -c "
+import cv2, numpy as np, sys
+w = cv2.VideoWriter(sys.argv[1], cv2.VideoWriter_fourcc(*'MJPG'), 10.0, (160, 120))
+for i in range(100):
+    image = np.zeros((120, 160, 3), np.uint8); cv2.putText(image, str(i), (40, 80), 0, 2, (255, 255, 255), 3); w.write(image)
+w.release()" "$tmp/clip.avi" || fail "writing a test clip with ${PYTHON:-.venv/bin/python}"
+cat > "$tmp/decoding.json" <<JSON
+{"engine": {"camera_decoding": "process"},
+ "provision": {"workflows": [{"workflow_id": "motion", "plugins": ["motion"]}],
+               "cameras": [{"camera_id": "clip", "url": "$tmp/clip.avi", "workflow_id": "motion"}]}}
+JSON
+start_server decoding.json data-decoding
+for i in $(seq 1 100); do
+  clean ctl --target "$grpc" cameras > "$tmp/cameras.json" 2>/dev/null || true
+  grep -q '"STREAMING"' "$tmp/cameras.json" && break
+  sleep 0.1
+done
+grep -q '"STREAMING"' "$tmp/cameras.json" || { cat "$tmp/cameras.json" >&2; fail "the file camera never streamed"; }
+decoder=$(pgrep -f -- "edgebox _decode-cameras" | head -n 1) || fail "no camera decoding process running"
+step "engine.camera_decoding process: the file camera STREAMING, decoded in pid $decoder ($(tr '\0' ' ' < "/proc/$decoder/cmdline" | cut -c1-60))"
+stop_server
+for i in $(seq 1 50); do kill -0 "$decoder" 2>/dev/null || break; sleep 0.1; done
+! kill -0 "$decoder" 2>/dev/null || fail "the camera decoding process outlived the engine"
+step "SIGTERM: exit 0, and the camera decoding process ended with it"
 
 median=$(printf '%s\n' "${ready_all[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 echo "smoke: PASS size=${bytes} bytes first_run_ms=${first_ms} start_to_ready_ms=${median} (median of ${starts})" \
