@@ -7,7 +7,8 @@
 # InferSingleFrame on tests/data/astronaut.png with `edgebox ctl infer` finding a person; the console page over
 # HTTP; SIGTERM and exit 0. Also that the backend probe's child process (edgebox/engine/library_probe.py) ran in
 # the binary, the engine's RSS before any model loads, and a second engine with engine.camera_decoding "process"
-# streaming a video file through the binary's own camera decoding process, which ends with the engine. Prints the size and the start times (docs/benchmarks.md "## Binary").
+# streaming a video file through the binary's own camera decoding process, which ends with the engine. Prints
+# the size and the start times (docs/benchmarks.md "## Binary").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
