@@ -117,6 +117,9 @@ class CameraDecoder:
     # ---- used by ProcessSource -----------------------------------------------------------------------------
     async def _register(self, source: ProcessSource) -> _Link:
         link = await self._running()
+        if not link.alive:  # it died between the start and here: its sources were failed without this one
+            raise StreamFailure(StreamError.OTHER, f"the camera decoding process (pid {link.pid}) ended as the "
+                                                   "camera opened; the camera reopens in a new one")
         key = next(self._keys)
         source._key, source._link = key, link
         self._sources[key] = source
