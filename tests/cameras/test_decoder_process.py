@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import trio
 
-from edgebox.cameras import CameraRunner, CameraState, CapturedFrame, StreamError
+from edgebox.cameras import CameraRunner, CameraState, CapturedFrame, StreamError, parse_camera_options
 from edgebox.cameras.decoder_process import CameraDecoder, ProcessSource, decoder_argv
 from edgebox.cameras.decoder_wire import FrameHeader, MessageChannel, ProtocolError
 from edgebox.metrics import Metrics
@@ -290,3 +290,22 @@ async def test_a_runner_that_fell_behind_gets_the_newest_frames_and_the_drops_ar
         source._frame(np.full((2, 2, 3), value, np.uint8), 1000.0 + value, time.monotonic())
     got = [int((await source.read()).image[0, 0, 0]) for _ in range(2)]
     assert got == [2, 3] and source.dropped == 2
+
+
+@needs_rtsp_server
+async def test_arrivals_between_rare_samples_reach_the_watchdog_so_a_slow_sampling_camera_is_not_stalled(
+        rtsp_server: RtspServer, decoder: CameraDecoder):
+    # One sampled frame in 10 s, a 2 s watchdog: only the process's ticks tell the runner that frames still arrive.
+    rare = parse_camera_options({"fps": "0.1", "watchdog_s": "2", "open_timeout_s": "3", "max_backoff_s": "1"})
+    runner = CameraRunner("rare", rtsp_server.url("/ball"), rare, lambda frame: None,
+                          source_factory=decoder.open_source)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        await wait_for(runner, CameraState.STREAMING, timeout=8)
+        before = runner.status.frames_in
+        await trio.sleep(5)
+        status = runner.status
+        nursery.cancel_scope.cancel()
+    assert status.state is CameraState.STREAMING and status.reconnects == 0
+    assert status.frames_in - before >= 40  # 10 fps arrive, counted in the process and mirrored here
+    assert status.frames_sampled == 1
