@@ -96,8 +96,11 @@ def slope_per_s(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
 
 
-def start_engine(folder: Path, cameras: int) -> tuple[subprocess.Popen[str], str, int]:
+def start_engine(folder: Path, cameras: int, camera_decoding: str | None = None
+                 ) -> tuple[subprocess.Popen[str], str, int]:
     engine: dict = {"max_cameras": cameras, "queue_capacity": max(64, cameras * 2)}
+    if camera_decoding:
+        engine["camera_decoding"] = camera_decoding
     if "admission_max_load" in EngineConfig.__dataclass_fields__:
         engine["admission_max_load"] = 0  # measure memory at the requested load, not what admission would allow
     config = {"data_dir": str(folder / "data"), "log_level": "WARNING", "console": {"enabled": False},
@@ -252,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", choices=("demo", "rtsp"), default="demo",
                    help="demo:// cameras (default) or real RTSP streams from a local gst-rtsp-server")
     p.add_argument("--mounts", type=int, default=4, help="with --source rtsp: distinct mounts the cameras share")
+    p.add_argument("--camera-decoding", choices=("threads", "process"),
+                   help="engine.camera_decoding (default: the engine's)")
     p.add_argument("--threshold-mb", type=float, default=100.0, help="allowed growth over the run")
     p.add_argument("--json", type=Path, help="also write the report (with every sample) here")
     p.add_argument("--keep", action="store_true", help="keep the engine's folder (config, log, state)")
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, report: Report) -> int:
     folder = Path(tempfile.mkdtemp(prefix="edgebox-soak-"))
     try:
-        proc, host, port = start_engine(folder, args.cameras)
+        proc, host, port = start_engine(folder, args.cameras, args.camera_decoding)
     except RuntimeError as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 2
