@@ -44,6 +44,9 @@ DECODE_THREADS = 1
 PREFLIGHT_TIMEOUT_S = 2.0
 # Sampled frames waiting between the reader thread and the runner. Full (the trio thread has not taken the last
 # one yet), the reader waits: the stream backs up in the socket and no sampled frame is dropped at this hop.
+# The reader waits on a plain semaphore and hands a frame over with one run_sync_soon callback, not with
+# trio.from_thread.run, which starts a trio task per frame and makes the reader wait for its result: with 50
+# cameras that was a tenth of the trio thread's time with the GIL (docs/benchmarks.md, "gRPC").
 HANDOFF_FRAMES = 1
 os.environ[CAPTURE_OPTIONS_ENV] = RTSP_TCP_OPTIONS
 
@@ -109,6 +112,7 @@ class OpenCvSource:
         self._closed = False
         self._stop = threading.Event()
         self._send, self._receive = trio.open_memory_channel[tuple[np.ndarray, float, float]](HANDOFF_FRAMES)
+        self._room = threading.Semaphore(HANDOFF_FRAMES)  # free places in the channel, taken before a hand-over
         self._reader: threading.Thread | None = None
         self._reader_done = trio.Event()
         self._failure: StreamFailure | None = None
@@ -138,13 +142,15 @@ class OpenCvSource:
             image, captured_at, arrived = await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise self._failure or StreamFailure(StreamError.OTHER, f"{self._shown}: read after close") from None
+        self._room.release()
         # The reader timed the arrival with time.monotonic(); express it on the trio clock.
         return SampledFrame(image, captured_at, trio.current_time() - (time.monotonic() - arrived))
 
     async def aclose(self) -> None:
         """Stop the reader and wait until it has released the capture (bounded by one read timeout)."""
         self._stop.set()
-        self._receive.close()  # a reader waiting to hand over a frame gives up
+        self._receive.close()
+        self._room.release()  # a reader waiting to hand over a frame wakes, sees the stop and gives up
         with self._handoff:
             self._closed = True
             opening = self._opening
@@ -216,7 +222,8 @@ class OpenCvSource:
             self._release_sync()
             raise
         self._pixels = frame.shape[0] * frame.shape[1]
-        self._send.send_nowait((frame, time.time(), now))  # the channel is empty: never blocks
+        self._room.acquire()  # the channel is empty: never waits
+        self._send.send_nowait((frame, time.time(), now))
         return float(cap.get(cv2.CAP_PROP_FPS))
 
     def _check_file(self, path: str) -> None:
@@ -275,11 +282,21 @@ class OpenCvSource:
     def _hand_over(self, frame: np.ndarray, captured_at: float, arrived: float) -> bool:
         """Give a sampled frame to trio, waiting while the one before is still there; False once closed."""
         assert self._token is not None
+        self._room.acquire()
+        if self._stop.is_set():
+            return False
         try:
-            trio.from_thread.run(self._send.send, (frame, captured_at, arrived), trio_token=self._token)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError, trio.Cancelled):
+            self._token.run_sync_soon(self._deliver, (frame, captured_at, arrived))
+        except trio.RunFinishedError:
             return False
         return True
+
+    def _deliver(self, item: tuple[np.ndarray, float, float]) -> None:
+        """On the trio thread: the frame into the channel, which has room for it (the reader took a place)."""
+        try:
+            self._send.send_nowait(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # closed meanwhile: the frame is not wanted
 
     def _finished(self, failure: StreamFailure) -> None:
         def report() -> None:  # on the trio thread
