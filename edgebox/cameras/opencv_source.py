@@ -46,7 +46,7 @@ PREFLIGHT_TIMEOUT_S = 2.0
 # one yet), the reader waits: the stream backs up in the socket and no sampled frame is dropped at this hop.
 # The reader waits on a plain semaphore and hands a frame over with one run_sync_soon callback, not with
 # trio.from_thread.run, which starts a trio task per frame and makes the reader wait for its result: with 50
-# cameras that was a tenth of the trio thread's time with the GIL (docs/benchmarks.md, "gRPC").
+# cameras that was a tenth of the trio thread's time with the GIL (docs/benchmarks.md, "The reader's hand-over").
 HANDOFF_FRAMES = 1
 os.environ[CAPTURE_OPTIONS_ENV] = RTSP_TCP_OPTIONS
 
