@@ -92,7 +92,7 @@ async def _run(config: Config, store: Store, on_ready: Callable[[Endpoints], Non
             fleet_ref: list[CameraFleet] = []
             workflows = WorkflowRegistry(store, plugins, pool, lambda wf: fleet_ref[0].using(wf))
             admission = Admission(config.engine.admission_max_load, lambda: pool.queues)
-            decoder = (CameraDecoder(config.log_level, metrics=metrics)
+            decoder = (CameraDecoder(config.log_level, metrics=metrics, nice=config.engine.compute_thread_nice)
                        if config.engine.camera_decoding == "process" else None)
             fleet = CameraFleet(store, workflows, hub, metrics, config.engine.max_cameras, admission,
                                 decoder=decoder)

@@ -34,9 +34,9 @@ BACKEND_CHOICES = (
 # engine.openvino_precision: "auto" is OpenVINO's own choice per device (bf16 on CPUs with AMX or AVX-512 BF16,
 # f16 on GPUs and NPUs, f32 elsewhere); "f32" asks every device for full precision.
 OPENVINO_PRECISIONS = ("auto", "f32")
-# engine.camera_decoding: "threads" decodes every camera in a reader thread of the engine, "process" in one child
-# process (edgebox/cameras/decoder_process.py).
-CAMERA_DECODING = ("threads", "process")
+# engine.camera_decoding: "process" decodes every camera in one child process (edgebox/cameras/decoder_process.py),
+# "threads" in a reader thread per camera inside the engine.
+CAMERA_DECODING = ("process", "threads")
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,14 @@ class EngineConfig:
     # AddCamera refuses (RESOURCE_EXHAUSTED) a camera that would take decoding past this fraction of the CPU
     # cores, or a model queue past this fraction of its execution time (edgebox.admission); 0 = no check.
     admission_max_load: float = 0.9
-    # Nice increment for the libraries' own native threads (the model backends' compute pools), never for Python
-    # threads, so that gRPC, trio and the camera readers get a core first when the model fills them; 0 = off.
+    # Nice increment for the libraries' own native threads (the model backends' compute pools) and for the camera
+    # decoding process (camera_decoding "process"), never for the engine's Python threads, so that gRPC and trio get
+    # a core first when the model and the decoding fill them; 0 = off.
     compute_thread_nice: int = 10
-    # Where cameras are decoded (CAMERA_DECODING): in reader threads of the engine, or in a child process, where a
-    # crash in FFmpeg ends that process, not the engine, at ~120 MB more memory with 50 cameras (docs/benchmarks.md).
-    camera_decoding: str = "threads"
+    # Where cameras are decoded (CAMERA_DECODING): in a child process at compute_thread_nice, where a crash in FFmpeg
+    # ends that process, not the engine, and decoding yields the cores to the engine's threads (HealthCheck's p99
+    # under camera load), at ~120 MB more memory with 50 cameras; or in reader threads of the engine.
+    camera_decoding: str = "process"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 It runs the engine's own `OpenCvSource` for every camera the engine opens here, each with its reader thread, and
 sends the sampled frames back over the socket it was given (edgebox/cameras/decoder_wire.py). It exists for
 engine.camera_decoding "process": FFmpeg parses what cameras send, and a crash in it then ends this process, not
-the engine, which reopens the cameras in a new one (docs/architecture.md, "Decoding in a process of its own").
+the engine, which reopens the cameras in a new one; and it runs at a lower priority (`--nice`) than the engine's
+own threads, which is safe only because its threads never hold the engine's GIL (docs/architecture.md, "Decoding
+in a process of its own").
 
 Messages from the engine: `open` (key, url, options) and `close` (key). To the engine: `hello` (pid), `opened`,
 a frame (binary header + pixels) for every sampled frame, `failed` (the StreamFailure), `closed`, and every TICK_S
@@ -166,7 +168,10 @@ def decoder_main(argv: list[str]) -> int:
                                      description="the engine's camera decoding process (started by the engine)")
     parser.add_argument("--fd", type=int, required=True, help="the connected Unix socket to the engine")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--nice", type=int, default=0, help="nice increment for the whole process")
     args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)  # before any thread starts: they inherit it
     set_os_thread_name(PROCESS_NAME)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")

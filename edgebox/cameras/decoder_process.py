@@ -1,6 +1,9 @@
 """The engine's side of camera decoding in a process of its own (engine.camera_decoding "process"): `CameraDecoder`
 owns that process and routes its messages; `ProcessSource` is the `FrameSource` a camera runner drives, one per
-open attempt. A crash in FFmpeg then ends that process, not the engine.
+open attempt. A crash in FFmpeg then ends that process, not the engine, and the process runs at the nice value of
+the model's compute threads (engine.compute_thread_nice): it never runs the engine's Python, so when the cores are
+full the engine's trio and gRPC threads get them first, which a reader thread holding the engine's GIL could not
+be allowed to do (docs/benchmarks.md, "Decoding in a process of its own").
 
 The process (edgebox/cameras/decoder_child.py) runs `OpenCvSource` for every camera and sends each sampled frame
 once, straight into a numpy array here, on the trio thread: the engine keeps no camera reader threads. The
@@ -45,10 +48,10 @@ EXIT_WAIT_S = 2.0
 WAITING_FRAMES = 2  # per camera, between the socket and its runner  # after the engine closes the socket, before the process is killed
 
 
-def decoder_argv(log_level: str) -> list[str]:
+def decoder_argv(log_level: str, nice: int = 0) -> list[str]:
     """How to start the decoding process: the same program, with its hidden command."""
     own = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "edgebox"]
-    return [*own, DECODER_COMMAND, "--log-level", log_level]
+    return [*own, DECODER_COMMAND, "--log-level", log_level, *(["--nice", str(nice)] if nice else [])]
 
 
 def _exit_description(returncode: int | None) -> str:
@@ -76,8 +79,8 @@ class CameraDecoder:
     """Owns the decoding process (started on demand in `run`'s nursery) and the sources opened in it."""
 
     def __init__(self, log_level: str = "INFO", argv: list[str] | None = None,
-                 metrics: Metrics | None = None) -> None:
-        self._argv = argv or decoder_argv(log_level)
+                 metrics: Metrics | None = None, nice: int = 0) -> None:
+        self._argv = argv or decoder_argv(log_level, nice)
         self._metrics = metrics
         if metrics is not None:
             metrics.decoder_resident_memory.set_function(self.resident_bytes)

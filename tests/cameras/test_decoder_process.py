@@ -237,6 +237,7 @@ def test_the_decoding_process_dies_with_an_engine_killed_outright(tmp_path: Path
 def test_decoder_argv_runs_this_program_with_the_hidden_command():
     argv = decoder_argv("DEBUG")
     assert argv[0] == sys.executable and argv[-3:] == ["_decode-cameras", "--log-level", "DEBUG"]
+    assert decoder_argv("INFO", 10)[-2:] == ["--nice", "10"]
 
 
 async def test_messages_round_trip_a_frame_and_garbage_is_a_protocol_error():
@@ -309,3 +310,14 @@ async def test_arrivals_between_rare_samples_reach_the_watchdog_so_a_slow_sampli
     assert status.state is CameraState.STREAMING and status.reconnects == 0
     assert status.frames_in - before >= 40  # 10 fps arrive, counted in the process and mirrored here
     assert status.frames_sampled == 1
+
+
+async def test_the_decoding_process_runs_at_the_nice_value_it_is_given(nursery):
+    # engine.compute_thread_nice: the decoding process never runs the engine's Python, so it yields a core to the
+    # engine's trio and gRPC threads the way the model's compute threads do.
+    decoder = CameraDecoder(nice=7)
+    await nursery.start(decoder.run)
+    await decoder._running()
+    stat = Path(f"/proc/{decoder.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(stat[16]) == min(19, int(own[16]) + 7)  # field 19 of stat: nice
