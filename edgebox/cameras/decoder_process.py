@@ -44,8 +44,8 @@ from edgebox.metrics import Metrics, process_rss_bytes
 log = logging.getLogger("edgebox.decoder")
 
 START_TIMEOUT_S = 60.0  # imports (~0.4 s here); the one-file binary may first unpack itself
-EXIT_WAIT_S = 2.0
-WAITING_FRAMES = 2  # per camera, between the socket and its runner  # after the engine closes the socket, before the process is killed
+EXIT_WAIT_S = 2.0  # after the engine closes the socket, before the process is killed
+WAITING_FRAMES = 2  # per camera, between the socket and its runner
 
 
 def decoder_argv(log_level: str, nice: int = 0) -> list[str]:
