@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.process_tree import tree, tree_cpu_seconds, tree_rss_mb, tree_threads
+from bench.process_tree import cpu_seconds, rss_mb, tree, tree_cpu_seconds, tree_rss_mb, tree_threads
 from edgebox.client import EdgeboxClient, EdgeboxClientError
 from edgebox.config import CAMERA_DECODING, OPENVINO_PRECISIONS, EngineConfig
 from edgebox.proto_gen import infer as pb
@@ -45,7 +45,6 @@ from tests.support.rtsp import RtspServer, gi_rtsp_available, image_mount, patte
 PERSON_PNG = ROOT / "tests" / "data" / "astronaut.png"
 STREAMING_TIMEOUT_S = 60.0
 STEP_OVERHEAD_S = 20.0  # adding cameras and waiting for them to stream, typically
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -92,20 +91,6 @@ def percentile(values: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def os_thread_count() -> int:

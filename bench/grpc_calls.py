@@ -52,7 +52,7 @@ PROTO = ROOT / "proto" / "infer_service.proto"
 PHOTO = ROOT / "edgebox" / "demo" / "astronaut.jpg"
 sys.path.insert(0, str(ROOT))  # so that a checkout runs it without installing edgebox
 
-from bench.process_tree import tree_cpu_seconds
+from bench.process_tree import cpu_seconds, tree_cpu_seconds
 from bench.thread_waits import (  # found through ROOT, as a checkout runs
     CoreWaits,
     GilTrace,
@@ -379,13 +379,6 @@ async def add_cameras(port: int, n: int, fps: float, plugins: str, urls: list[st
                 return admitted
             await asyncio.sleep(0.5)
     raise BenchError(f"not every one of the {admitted} cameras was STREAMING after 180 s")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (its threads included), from /proc."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def under_cameras(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp: Path) -> list[dict]:

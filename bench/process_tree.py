@@ -36,22 +36,29 @@ def _status_kb(pid: int, field: str) -> int:
         return 0
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory (VmRSS) of one process; 0 once it is gone."""
+    return _status_kb(pid, "VmRSS") / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds one process has used so far (its threads included); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of the process and its descendants (VmRSS summed: their shared pages count twice)."""
-    return sum(_status_kb(p, "VmRSS") for p in tree(pid)) / 1024
+    return sum(rss_mb(p) for p in tree(pid))
 
 
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of the process and its living descendants so far."""
-    total = 0.0
-    for p in tree(pid):
-        try:
-            with open(f"/proc/{p}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(cpu_seconds(p) for p in tree(pid))
 
 
 def tree_threads(pid: int) -> int:

@@ -47,7 +47,15 @@ def _load(args: argparse.Namespace, config_path: Path | None):  # -> Config, imp
                           log_level=args.log_level, data_dir=args.data_dir, console_port=args.console_port)
 
 
-def _setup_logging(level: str) -> None:
+def own_command(*args: str) -> list[str]:
+    """The command line that runs this program again with `args`: the binary itself when frozen (PyInstaller),
+    `python -m edgebox` from a checkout or an install. The engine's child processes start this way."""
+    own = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "edgebox"]
+    return [*own, *args]
+
+
+def setup_logging(level: str) -> None:
+    """The log format of the engine and of its child processes: one line per record on stderr."""
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
@@ -58,7 +66,7 @@ def _run(args: argparse.Namespace, config_path: Path | None) -> int:
     except ConfigError as exc:
         print(f"edgebox: invalid config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    _setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level)
     from edgebox.engine.library_probe import ProbeChild
 
     probe_child = ProbeChild()  # first: its ~0.6 s of imports overlap the engine's own below

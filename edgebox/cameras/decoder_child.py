@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,7 @@ from edgebox.cameras.opencv_source import OpenCvSource
 from edgebox.cameras.options import CameraOptions
 from edgebox.cameras.sampling import Sampler
 from edgebox.cameras.state import StreamError, StreamFailure, StreamStalled
-from edgebox.cli import DECODER_COMMAND
+from edgebox.cli import DECODER_COMMAND, setup_logging
 from edgebox.memory import fix_malloc_thresholds, give_back_freed_memory, limit_malloc_arenas
 from edgebox.os_thread_name import set_os_thread_name
 
@@ -173,8 +172,7 @@ def decoder_main(argv: list[str]) -> int:
     if args.nice:
         os.nice(args.nice)  # before any thread starts: they inherit it
     set_os_thread_name(PROCESS_NAME)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group; the engine decides
     fix_malloc_thresholds()
     limit_malloc_arenas()

@@ -22,7 +22,6 @@ import logging
 import signal
 import socket
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -38,7 +37,7 @@ from edgebox.cameras.sampling import SampledFrame, Sampler
 from edgebox.cameras.sources import FrameSource
 from edgebox.cameras.state import StreamError, StreamFailure, StreamStalled
 from edgebox.cameras.urls import mask_url, parse_source_url
-from edgebox.cli import DECODER_COMMAND
+from edgebox.cli import DECODER_COMMAND, own_command
 from edgebox.metrics import Metrics, process_rss_bytes
 
 log = logging.getLogger("edgebox.decoder")
@@ -50,8 +49,7 @@ WAITING_FRAMES = 2  # per camera, between the socket and its runner
 
 def decoder_argv(log_level: str, nice: int = 0) -> list[str]:
     """How to start the decoding process: the same program, with its hidden command."""
-    own = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "edgebox"]
-    return [*own, DECODER_COMMAND, "--log-level", log_level, *(["--nice", str(nice)] if nice else [])]
+    return own_command(DECODER_COMMAND, "--log-level", log_level, *(["--nice", str(nice)] if nice else []))
 
 
 def _exit_description(returncode: int | None) -> str:
@@ -69,10 +67,9 @@ class _Link:
     """One running decoding process and its socket."""
 
     def __init__(self, process: trio.Process, channel: MessageChannel) -> None:
-        self.process = process
+        self.pid = process.pid
         self.channel = channel
         self.alive = True
-        self.pid = process.pid
 
 
 class CameraDecoder:

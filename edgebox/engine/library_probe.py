@@ -17,6 +17,7 @@ import sys
 
 import trio
 
+from edgebox.cli import own_command
 from edgebox.engine.hardware import PROBE_CHILD_COMMAND, LibraryProbe, probe_libraries
 
 log = logging.getLogger("edgebox.engine.hardware")
@@ -27,9 +28,7 @@ STDERR_SHOWN = 400  # characters of a failed child's stderr quoted in the log
 
 
 def child_argv() -> list[str]:
-    if getattr(sys, "frozen", False):
-        return [sys.executable, PROBE_CHILD_COMMAND]
-    return [sys.executable, "-m", "edgebox", PROBE_CHILD_COMMAND]
+    return own_command(PROBE_CHILD_COMMAND)
 
 
 def parse_probe(stdout: bytes) -> LibraryProbe:

@@ -1,10 +1,10 @@
 """Cameras decoded in the engine's decoding process (engine.camera_decoding "process", the default): real RTSP
 streams from gst-rtsp-server, the real `edgebox _decode-cameras` child, real signals.
 
-The behaviours tests/cameras/test_real_streams.py checks for reader threads in the engine are checked here across
-the process boundary (sampling, failures classified, a frozen server STALLED), and what only a process has: the
-engine keeps no reader thread, a decoding process that dies is replaced, one that cannot start fails the open
-with the reason, and none outlives the engine.
+Sampling, failures classified and a frozen server STALLED are checked through the process by the tests of
+tests/cameras/test_real_streams.py that take `source_factory`. Here is what only a process has: the engine keeps no
+reader thread, a decoding process that dies is replaced, one that cannot start or sends garbage fails the open
+with the reason, none outlives the engine, and its ticks keep a rarely sampled camera alive.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import trio
 
-from edgebox.cameras import CameraRunner, CameraState, CapturedFrame, StreamError, parse_camera_options
+from edgebox.cameras import CameraRunner, CameraState, StreamError, parse_camera_options
 from edgebox.cameras.decoder_process import CameraDecoder, ProcessSource, decoder_argv
 from edgebox.cameras.decoder_wire import FrameHeader, MessageChannel, ProtocolError
 from edgebox.metrics import Metrics
-from tests.cameras.test_real_streams import QUICK, Transitions, needs_rtsp_server, wait_for
-from tests.support.rtsp import RtspServer, free_port
+from tests.cameras.test_real_streams import QUICK, needs_rtsp_server, wait_for
+from tests.support.rtsp import RtspServer
 
 
 @pytest.fixture
@@ -47,6 +47,18 @@ def thread_names(pid: int | str) -> list[str]:
     return names
 
 
+async def start_streaming(nursery: trio.Nursery, decoder: CameraDecoder, server: RtspServer,
+                          count: int) -> list[CameraRunner]:
+    """`count` cameras on the server's /ball, decoded in `decoder`'s process, once all of them stream."""
+    runners = [CameraRunner(f"c{i}", server.url("/ball"), QUICK, lambda frame: None,
+                            source_factory=decoder.open_source) for i in range(count)]
+    for runner in runners:
+        await nursery.start(runner.run)
+    for runner in runners:
+        await wait_for(runner, CameraState.STREAMING, timeout=10)
+    return runners
+
+
 def process_running(pid: int) -> bool:
     """True unless the process is gone or a zombie (exited, not yet reaped by whoever adopted it)."""
     try:
@@ -57,91 +69,25 @@ def process_running(pid: int) -> bool:
 
 
 @needs_rtsp_server
-async def test_a_stream_is_sampled_in_the_decoding_process_and_the_engine_keeps_no_reader_thread(
+async def test_the_engine_keeps_no_reader_thread_and_the_decoding_process_one_per_camera(
         rtsp_server: RtspServer, decoder: CameraDecoder):
-    sampled: list[CapturedFrame] = []
-    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, sampled.append, source_factory=decoder.open_source)
+    # Sampling, failures and the watchdog through the process: tests/cameras/test_real_streams.py (source_factory).
     async with trio.open_nursery() as nursery:
-        await nursery.start(runner.run)
-        opened = await wait_for(runner, CameraState.STREAMING, timeout=8)
-        before_in, before_sampled = runner.status.frames_in, len(sampled)
-        await trio.sleep(3)
-        status = runner.status
+        await start_streaming(nursery, decoder, rtsp_server, 1)
         engine_threads, decoder_threads = thread_names("self"), thread_names(decoder.pid)
         resident = decoder.resident_bytes()
         nursery.cancel_scope.cancel()
-    frames_in, frames_sampled = status.frames_in - before_in, len(sampled) - before_sampled
-    print(f"\nopen to first frame through the decoding process: {opened:.2f} s; in 3 s {frames_in} in, "
-          f"{frames_sampled} sampled, fps_in {status.fps_in:.1f}; decoding process {resident / 1e6:.0f} MB resident")
-    # The counts come from the process's sampler, mirrored here: the same figures as with a reader thread here.
-    assert 20 <= frames_in <= 40  # the server sends 10 fps
-    assert 9 <= frames_sampled <= 14  # fps=4 over 3 s
-    assert 7 <= status.fps_in <= 13 and status.resolution == "640x360"
-    image = sampled[-1].image
-    assert image.shape == (360, 640, 3) and image.dtype == np.uint8 and image.std() > 5  # real pixels arrived
-    assert [f.seq for f in sampled] == list(range(1, len(sampled) + 1))
+    print(f"\ndecoding process with one camera: {resident / 1e6:.0f} MB resident")
     assert "edgebox-camera" not in engine_threads
     assert decoder_threads.count("edgebox-camera") == 1 and "edgebox-decode" in decoder_threads
     assert resident > 10e6
 
 
 @needs_rtsp_server
-async def test_failures_keep_their_class_across_the_process_boundary(rtsp_server: RtspServer,
-                                                                      decoder: CameraDecoder):
-    urls = {"missing": rtsp_server.url("/no-such-mount"), "no-credentials": rtsp_server.url("/secure"),
-            "refused": f"rtsp://127.0.0.1:{free_port()}/ball"}
-    runners = {name: CameraRunner(name, url, QUICK, lambda frame: None, source_factory=decoder.open_source)
-               for name, url in urls.items()}
-    async with trio.open_nursery() as nursery:
-        for runner in runners.values():
-            await nursery.start(runner.run)
-        await wait_for(runners["missing"], CameraState.FAILED, timeout=6)
-        await wait_for(runners["no-credentials"], CameraState.FAILED, timeout=6)
-        await wait_for(runners["refused"], CameraState.RECONNECTING, timeout=6)
-        statuses = {name: runner.status for name, runner in runners.items()}
-        nursery.cancel_scope.cancel()
-    assert statuses["missing"].error is StreamError.NOT_FOUND and "404" in statuses["missing"].last_error
-    assert statuses["no-credentials"].error is StreamError.UNAUTHORIZED
-    assert "needs credentials" in statuses["no-credentials"].last_error
-    assert statuses["refused"].error is StreamError.REFUSED
-
-
-@needs_rtsp_server
-async def test_a_frozen_server_is_stalled_by_the_watchdog_and_streams_again_after_thaw(
-        rtsp_server: RtspServer, decoder: CameraDecoder):
-    seen = Transitions()
-    logger = __import__("logging").getLogger("edgebox.cameras")
-    logger.addHandler(seen)
-    sampled: list[CapturedFrame] = []
-    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, sampled.append, source_factory=decoder.open_source)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(runner.run)
-            await wait_for(runner, CameraState.STREAMING, timeout=8)
-            rtsp_server.freeze()
-            frozen_at = trio.current_time()
-            await wait_for(runner, CameraState.RECONNECTING, timeout=QUICK.watchdog_s + 5)
-            stalled_at = seen.first("STALLED", after=frozen_at)
-            late = [f for f in sampled if f.captured_mono > frozen_at + 0.5]
-            rtsp_server.thaw()
-            await wait_for(runner, CameraState.STREAMING, timeout=15)
-            nursery.cancel_scope.cancel()
-    finally:
-        logger.removeHandler(seen)
-    assert stalled_at is not None and stalled_at - frozen_at <= QUICK.watchdog_s + 0.5
-    assert late == []
-
-
-@needs_rtsp_server
 async def test_a_killed_decoding_process_is_replaced_and_every_camera_streams_again(
         rtsp_server: RtspServer, decoder: CameraDecoder):
-    runners = [CameraRunner(f"c{i}", rtsp_server.url("/ball"), QUICK, lambda frame: None,
-                            source_factory=decoder.open_source) for i in range(3)]
     async with trio.open_nursery() as nursery:
-        for runner in runners:
-            await nursery.start(runner.run)
-        for runner in runners:
-            await wait_for(runner, CameraState.STREAMING, timeout=10)
+        runners = await start_streaming(nursery, decoder, rtsp_server, 3)
         first = decoder.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)  # as a segfault in FFmpeg would end it
@@ -163,13 +109,8 @@ async def test_closing_a_camera_releases_its_capture_in_the_process_which_ends_w
     decoder = CameraDecoder("INFO")
     async with trio.open_nursery() as outer:
         await outer.start(decoder.run)
-        runners = [CameraRunner(f"c{i}", rtsp_server.url("/ball"), QUICK, lambda frame: None,
-                                source_factory=decoder.open_source) for i in range(2)]
         async with trio.open_nursery() as cameras:
-            for runner in runners:
-                await cameras.start(runner.run)
-            for runner in runners:
-                await wait_for(runner, CameraState.STREAMING, timeout=10)
+            await start_streaming(cameras, decoder, rtsp_server, 2)
             pid = decoder.pid
             assert pid is not None
             assert thread_names(pid).count("edgebox-camera") == 2

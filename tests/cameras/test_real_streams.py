@@ -1,6 +1,7 @@
 """CameraRunner against real sources: gst-rtsp-server in a subprocess, video files written with cv2, demo://.
 
-Real time (no MockClock) with small watchdog/back-off options. Measured figures are printed (run with -s).
+Real time (no MockClock) with small watchdog/back-off options. Measured figures are printed (run with -s). Tests
+that take `source_factory` run with the readers in this process and in the camera decoding process.
 RTSP tests skip, with the reason, when Debian's /usr/bin/python3 cannot import gi.
 """
 
@@ -29,6 +30,7 @@ from edgebox.cameras import (
     open_source,
     parse_camera_options,
 )
+from edgebox.cameras.decoder_process import CameraDecoder
 from edgebox.cameras.probe import preflight_failure
 from tests.support.fixtures import SECURE_PASSWORD, SECURE_USER
 from tests.support.rtsp import INSTALL_HINT, RtspServer, free_port, gi_rtsp_available, pattern_mount
@@ -74,6 +76,17 @@ def transitions():
     logger.setLevel(old_level)
 
 
+@pytest.fixture(params=["threads", "process"])
+async def source_factory(request, nursery):
+    """Each test that takes it runs twice: with the reader threads in this process (engine.camera_decoding
+    "threads") and with them in a real decoding process (the default, edgebox/cameras/decoder_process.py)."""
+    if request.param == "threads":
+        return open_source
+    decoder = CameraDecoder("INFO")
+    await nursery.start(decoder.run)
+    return decoder.open_source
+
+
 async def wait_for(runner: CameraRunner, *states: CameraState, timeout: float) -> float:
     """Seconds until the runner is in one of `states`; fails the test after `timeout`."""
     start = trio.current_time()
@@ -85,9 +98,9 @@ async def wait_for(runner: CameraRunner, *states: CameraState, timeout: float) -
 
 
 @needs_rtsp_server
-async def test_ball_stream_reaches_streaming_and_samples_at_fps(rtsp_server: RtspServer):
+async def test_ball_stream_reaches_streaming_and_samples_at_fps(rtsp_server: RtspServer, source_factory):
     sampled: list[CapturedFrame] = []
-    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, sampled.append)
+    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, sampled.append, source_factory=source_factory)
     async with trio.open_nursery() as nursery:
         await nursery.start(runner.run)
         opened = await wait_for(runner, CameraState.STREAMING, timeout=8)
@@ -127,9 +140,9 @@ async def test_killed_server_reconnects_and_streams_again_after_restart(rtsp_ser
 
 @needs_rtsp_server
 async def test_frozen_server_is_stalled_within_the_watchdog_and_no_stale_frame_is_delivered(
-        rtsp_server: RtspServer, transitions):
+        rtsp_server: RtspServer, transitions, source_factory):
     sampled: list[CapturedFrame] = []
-    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, sampled.append)
+    runner = CameraRunner("ball", rtsp_server.url("/ball"), QUICK, sampled.append, source_factory=source_factory)
     async with trio.open_nursery() as nursery:
         await nursery.start(runner.run)
         await wait_for(runner, CameraState.STREAMING, timeout=8)
@@ -157,8 +170,9 @@ async def test_frozen_server_is_stalled_within_the_watchdog_and_no_stale_frame_i
 
 
 @needs_rtsp_server
-async def test_unknown_mount_is_failed_not_found(rtsp_server: RtspServer):
-    runner = CameraRunner("nope", rtsp_server.url("/no-such-mount"), QUICK, lambda frame: None)
+async def test_unknown_mount_is_failed_not_found(rtsp_server: RtspServer, source_factory):
+    runner = CameraRunner("nope", rtsp_server.url("/no-such-mount"), QUICK, lambda frame: None,
+                          source_factory=source_factory)
     async with trio.open_nursery() as nursery:
         await nursery.start(runner.run)
         took = await wait_for(runner, CameraState.FAILED, timeout=5)
@@ -169,14 +183,15 @@ async def test_unknown_mount_is_failed_not_found(rtsp_server: RtspServer):
 
 
 @needs_rtsp_server
-async def test_credentials_missing_or_wrong_are_unauthorized_and_never_shown(rtsp_server: RtspServer, caplog):
+async def test_credentials_missing_or_wrong_are_unauthorized_and_never_shown(rtsp_server: RtspServer, caplog,
+                                                                              source_factory):
     caplog.set_level(logging.DEBUG, logger="edgebox.cameras")
     url_bad = rtsp_server.url("/secure", user=SECURE_USER, password="wrong-pass-123")
     results = {}
     async with trio.open_nursery() as nursery:
         for name, url in (("none", rtsp_server.url("/secure")), ("bad", url_bad),
                           ("good", rtsp_server.url("/secure", user=SECURE_USER, password=SECURE_PASSWORD))):
-            runner = CameraRunner(name, url, QUICK, lambda frame: None)
+            runner = CameraRunner(name, url, QUICK, lambda frame: None, source_factory=source_factory)
             await nursery.start(runner.run)
             results[name] = runner
         await wait_for(results["none"], CameraState.FAILED, timeout=5)
@@ -191,8 +206,9 @@ async def test_credentials_missing_or_wrong_are_unauthorized_and_never_shown(rts
     assert "wrong-pass-123" not in results["bad"].status.last_error
 
 
-async def test_refused_port_is_reconnecting_refused():
-    runner = CameraRunner("gone", f"rtsp://127.0.0.1:{free_port()}/ball", QUICK, lambda frame: None)
+async def test_refused_port_is_reconnecting_refused(source_factory):
+    runner = CameraRunner("gone", f"rtsp://127.0.0.1:{free_port()}/ball", QUICK, lambda frame: None,
+                          source_factory=source_factory)
     async with trio.open_nursery() as nursery:
         await nursery.start(runner.run)
         await wait_for(runner, CameraState.RECONNECTING, timeout=5)
