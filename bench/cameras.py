@@ -12,7 +12,8 @@ no model), snapshots on; cameras sample `--fps` frames per second.
 
 The ramp adds cameras 10, 20, 30... up to --max. Each step waits for every camera to stream, lets it settle, then
 measures for --duration seconds: sampled frames dropped (frames_dropped from ListCameras plus frame_seq gaps in
-SubscribeResults), engine CPU % and RSS (/proc of the engine process), frame age p50/p99 (capture to result, from
+SubscribeResults), engine CPU % and RSS (/proc of the engine and its decoding process; the memory line adds the
+PSS, which counts the pages they share once), frame age p50/p99 (capture to result, from
 the results' latency_ms), frames in per second (decoded) and results out per second. It ends with the highest N
 that dropped nothing. AddCamera runs under admission control unless --admission-max-load 0.
 """
@@ -100,18 +101,28 @@ def os_thread_count() -> int:
 
 def memory_breakdown(pid: int) -> str:
     """Anonymous vs file-backed resident memory (/proc/PID/smaps_rollup) and the thread count, summed over the
-    engine and its decoding process."""
-    fields: dict[str, int] = {}
-    pids = tree(pid)
-    for each in pids:
+    engine and its decoding process, then each process's own. The RSS sum counts the pages the two share (their
+    libraries) twice; the PSS sum counts every page once, split among the processes that map it."""
+    per_process: list[dict[str, int]] = []
+    for each in tree(pid):
+        fields: dict[str, int] = {}
         with contextlib.suppress(OSError), open(f"/proc/{each}/smaps_rollup") as f:
             for line in f:
                 name, _, rest = line.partition(":")
                 if rest.strip().endswith("kB"):
-                    fields[name] = fields.get(name, 0) + int(rest.split()[0])
-    return (f"RSS {fields.get('Rss', 0) / 1024:.0f} MB = anonymous {fields.get('Anonymous', 0) / 1024:.0f} + "
-            f"file-backed {(fields.get('Rss', 0) - fields.get('Anonymous', 0)) / 1024:.0f}; "
-            f"{tree_threads(pid)} threads in {len(pids)} process(es)")
+                    fields[name] = int(rest.split()[0])
+        per_process.append(fields)
+
+    def mb(fields: dict[str, int], name: str) -> str:
+        return f"{fields.get(name, 0) / 1024:.0f}"
+
+    total = {name: sum(f.get(name, 0) for f in per_process) for name in ("Rss", "Anonymous", "Pss")}
+    total["File"] = total["Rss"] - total["Anonymous"]
+    parts = "" if len(per_process) < 2 else " (" + "; ".join(
+        f"{'engine' if i == 0 else 'child'} anonymous {mb(f, 'Anonymous')}, PSS {mb(f, 'Pss')}"
+        for i, f in enumerate(per_process)) + ")"
+    return (f"RSS {mb(total, 'Rss')} MB = anonymous {mb(total, 'Anonymous')} + file-backed {mb(total, 'File')}; "
+            f"PSS {mb(total, 'Pss')} MB{parts}; {tree_threads(pid)} threads in {len(per_process)} process(es)")
 
 
 def cpu_model() -> str:
