@@ -395,16 +395,22 @@ def under_cameras(args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp:
             mounts = person_and_ball_mounts(4, photo)
             server = stack.enter_context(RtspServer(mounts))
             args.urls, args.rtsp_pid = [server.url(m["path"]) for m in mounts], server.pid
-        for spec in args.servers.split(","):
-            if spec.startswith("edgebox"):  # the reference servers run no cameras
-                rows += under_cameras_one(spec, args, ghz_bin, refserver, tmp)
+        engines = [spec for spec in args.servers.split(",") if spec.startswith("edgebox")]  # the others run none
+        modes = args.camera_decoding.split(",") if args.camera_decoding else [""]
+        for i, spec in enumerate(engines):
+            rows += under_cameras_one(spec, args, ghz_bin, refserver, tmp, modes[i % len(modes)])
     return rows
 
 
-def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp: Path) -> list[dict]:
-    server = start_server(spec, tmp, refserver, pin=False, switch_interval_ms=args.switch_interval_ms,
-                          engine={"max_cameras": args.cameras, "queue_capacity": max(64, args.cameras * 2),
-                                  "admission_max_load": args.admission_max_load})
+def under_cameras_one(spec: str, args: argparse.Namespace, ghz_bin: Path, refserver: Path, tmp: Path,
+                      camera_decoding: str = "") -> list[dict]:
+    engine = {"max_cameras": args.cameras, "queue_capacity": max(64, args.cameras * 2),
+              "admission_max_load": args.admission_max_load}
+    if camera_decoding:
+        engine["camera_decoding"] = camera_decoding
+    server = start_server(spec, tmp, refserver, pin=False, switch_interval_ms=args.switch_interval_ms, engine=engine)
+    if camera_decoding:
+        server.label = f"{server.label}[{camera_decoding}]"
     rows = []
     try:
         cameras = asyncio.run(add_cameras(server.port, args.cameras, args.fps, args.plugins, args.urls))
@@ -564,6 +570,9 @@ def main() -> int:
                         help="with --cameras: run the engine's admission control at this load (0: off, the default; "
                              "the engine's own default is 0.9): cameras past it are refused and the probe runs with "
                              "those admitted, i.e. at the heaviest load the engine accepts")
+    parser.add_argument("--camera-decoding", default="",
+                        help="with --cameras: engine.camera_decoding for the engines in turn, e.g. threads,process "
+                             "with --servers edgebox,edgebox,edgebox,edgebox (default: the engine's own)")
     parser.add_argument("--switch-interval-ms", type=float, default=0,
                         help="with --cameras: run the engine with sys.setswitchinterval(this) (an experiment)")
     parser.add_argument("--trace-waits", action="store_true",
@@ -573,6 +582,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--profile", type=Path, help="py-spy every edgebox run; collapsed stacks go to this folder")
     args = parser.parse_args()
+    if args.camera_decoding and not set(args.camera_decoding.split(",")) <= {"threads", "process"}:
+        parser.error("--camera-decoding takes threads and process, comma-separated")
     if not shutil.which("taskset"):
         print("grpc_calls: taskset (util-linux) is missing", file=sys.stderr)
         return 2
