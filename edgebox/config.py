@@ -98,7 +98,7 @@ class EngineConfig:
     compute_thread_nice: int = 10
     # Where cameras are decoded (CAMERA_DECODING): in a child process at compute_thread_nice, where a crash in FFmpeg
     # ends that process, not the engine, and decoding yields the cores to the engine's threads (HealthCheck's p99
-    # under camera load), at ~120 MB more memory with 50 cameras; or in reader threads of the engine.
+    # under camera load), at ~90 MB more memory with 50 cameras (PSS); or in reader threads of the engine.
     camera_decoding: str = "process"
 
 
