@@ -4,8 +4,8 @@
                                        [--openvino-precision auto|f32]
     .venv/bin/python bench/cameras.py --in-process --max 50      # decoding alone: runners in this process
 
-One RTSP server (Debian's gst-rtsp-server, tests/support/rtsp.py) serves `--mounts` shared 640x360 10 fps H.264
-mounts, half a still photo of a person and half a moving test pattern; camera i reads mount i % mounts, so every
+One RTSP server (Debian's gst-rtsp-server, tests/support/rtsp.py) serves `--mounts` shared 10 fps H.264 mounts (640x360
+unless `--size`), half a still photo of a person and half a moving test pattern; camera i reads mount i % mounts, so every
 camera decodes its own stream while the server encodes only `--mounts` streams. The engine runs as a subprocess
 (`edgebox --config`) with one workflow running `--plugin` (person: the SSDLite model; motion: frame differencing,
 no model), snapshots on; cameras sample `--fps` frames per second.
@@ -207,7 +207,7 @@ async def run_step(client: EdgeboxClient, n: int, args: argparse.Namespace, urls
             # The mounts' profile, declared as an operator would, so that admission counts what the cameras are
             # before they stream (else a fresh engine reserves 1280x720@15 for each one of a burst).
             await client.add_camera(camera_id, urls[i % len(urls)], "people",
-                                    {"fps": f"{args.fps:g}", "expected_stream": "640x360@10"})
+                                    {"fps": f"{args.fps:g}", "expected_stream": f"{args.width}x{args.height}@10"})
         except EdgeboxClientError as exc:
             step.refused = f"AddCamera of camera {i + 1} refused: {exc.message}"
             return step
@@ -244,12 +244,18 @@ async def run_step(client: EdgeboxClient, n: int, args: argparse.Namespace, urls
     return step
 
 
+def test_mounts(args: argparse.Namespace) -> list[dict]:
+    """The shared mounts: a still photo of a person on the even ones, a moving pattern on the odd ones."""
+    size = {"width": args.width, "height": args.height}
+    return [image_mount(f"/person{i}", PERSON_PNG, **size) if i % 2 == 0 else pattern_mount(f"/ball{i}", **size)
+            for i in range(args.mounts)]
+
+
 async def bench(args: argparse.Namespace) -> list[Step]:
     ok, reason = gi_rtsp_available()
     if not ok:
         raise SystemExit(f"the RTSP test server cannot run here: {reason} (scripts/install-system-deps.sh)")
-    mounts = [image_mount(f"/person{i}", PERSON_PNG) if i % 2 == 0 else pattern_mount(f"/ball{i}")
-              for i in range(args.mounts)]
+    mounts = test_mounts(args)
     steps: list[Step] = []
     started = time.monotonic()
     with RtspServer(mounts) as server, tempfile.TemporaryDirectory(prefix="edgebox-bench-") as tmp:
@@ -300,8 +306,7 @@ async def bench_in_process(args: argparse.Namespace) -> None:
     ok, reason = gi_rtsp_available()
     if not ok:
         raise SystemExit(f"the RTSP test server cannot run here: {reason} (scripts/install-system-deps.sh)")
-    mounts = [image_mount(f"/person{i}", PERSON_PNG) if i % 2 == 0 else pattern_mount(f"/ball{i}")
-              for i in range(args.mounts)]
+    mounts = test_mounts(args)
     with RtspServer(mounts) as server:
         urls = [server.url(m["path"]) for m in mounts]
         options = parse_camera_options({"fps": f"{args.fps:g}"})
@@ -346,6 +351,7 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=5.0, help="seconds between all-streaming and measuring")
     p.add_argument("--fps", type=float, default=2.0, help="sampled frames per second per camera (default 2)")
     p.add_argument("--mounts", type=int, default=4, help="distinct RTSP mounts the cameras share (default 4)")
+    p.add_argument("--size", default="640x360", help="the mounts' picture size, WIDTHxHEIGHT (default 640x360)")
     p.add_argument("--plugin", default="person",
                    help="the workflow's built-in plugin: person (SSDLite model, default), motion (no model), face")
     p.add_argument("--admission-max-load", type=float, default=0.9,
@@ -362,6 +368,10 @@ def main() -> None:
                    help="run --max CameraRunners in this process (no engine, no plugin) and print the CPU per "
                         "decoded frame, threads and RSS of decoding alone")
     args = p.parse_args()
+    try:
+        args.width, args.height = (int(side) for side in args.size.lower().split("x"))
+    except ValueError:
+        p.error(f"--size takes WIDTHxHEIGHT, e.g. 1920x1080, not {args.size!r}")
     if args.in_process:
         import trio
 
@@ -374,7 +384,7 @@ def main() -> None:
         return
     print(f"# edgebox cameras benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {cpu_model()}, "
           f"{len(os.sched_getaffinity(0))} cores, load average before {os.getloadavg()[0]:.2f}")
-    print(f"# {args.mounts} shared RTSP mounts 640x360 at 10 fps (H.264), {args.plugin} workflow, sampling {args.fps:g} "
+    print(f"# {args.mounts} shared RTSP mounts {args.width}x{args.height} at 10 fps (H.264), {args.plugin} workflow, sampling {args.fps:g} "
           f"fps per camera, {args.duration:g} s per step, admission_max_load {args.admission_max_load:g}, "
           f"openvino_precision {args.openvino_precision}, camera_decoding {args.camera_decoding}")
     print(HEADER, flush=True)
