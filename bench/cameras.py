@@ -244,7 +244,7 @@ async def run_step(client: EdgeboxClient, n: int, args: argparse.Namespace, urls
     return step
 
 
-def test_mounts(args: argparse.Namespace) -> list[dict]:
+def rtsp_mounts(args: argparse.Namespace) -> list[dict]:
     """The shared mounts: a still photo of a person on the even ones, a moving pattern on the odd ones."""
     size = {"width": args.width, "height": args.height}
     return [image_mount(f"/person{i}", PERSON_PNG, **size) if i % 2 == 0 else pattern_mount(f"/ball{i}", **size)
@@ -255,7 +255,7 @@ async def bench(args: argparse.Namespace) -> list[Step]:
     ok, reason = gi_rtsp_available()
     if not ok:
         raise SystemExit(f"the RTSP test server cannot run here: {reason} (scripts/install-system-deps.sh)")
-    mounts = test_mounts(args)
+    mounts = rtsp_mounts(args)
     steps: list[Step] = []
     started = time.monotonic()
     with RtspServer(mounts) as server, tempfile.TemporaryDirectory(prefix="edgebox-bench-") as tmp:
@@ -306,7 +306,7 @@ async def bench_in_process(args: argparse.Namespace) -> None:
     ok, reason = gi_rtsp_available()
     if not ok:
         raise SystemExit(f"the RTSP test server cannot run here: {reason} (scripts/install-system-deps.sh)")
-    mounts = test_mounts(args)
+    mounts = rtsp_mounts(args)
     with RtspServer(mounts) as server:
         urls = [server.url(m["path"]) for m in mounts]
         options = parse_camera_options({"fps": f"{args.fps:g}"})
