@@ -113,8 +113,9 @@ class CameraFleet:
         return camera
 
     def resident_bytes(self) -> int:
-        """Memory the cameras' decoding holds outside this process (the decoding process's), else 0."""
-        return self.decoder.resident_bytes() if self.decoder is not None else 0
+        """Memory the cameras' decoding adds outside this process (the decoding process's own, its libraries
+        counted in this process), else 0."""
+        return self.decoder.private_resident_bytes() if self.decoder is not None else 0
 
     def using(self, workflow_id: str) -> list[str]:
         return [c.camera_id for c in self._cameras.values() if c.workflow_id == workflow_id]

@@ -122,11 +122,24 @@ def histogram_sum_count(metric: Histogram, **match: str) -> tuple[float, float]:
 
 def process_rss_bytes(pid: int | str = "self") -> int:
     """Resident memory of this process, or of process `pid`; 0 where /proc cannot tell (gone, not Linux)."""
+    return _statm_pages(pid)[0] * os.sysconf("SC_PAGE_SIZE")
+
+
+def process_private_rss_bytes(pid: int | str = "self") -> int:
+    """The resident memory of process `pid` that is not file-backed or shared (its heap, stacks, buffers): what it
+    adds beside a process that maps the same libraries; 0 where /proc cannot tell."""
+    resident, shared = _statm_pages(pid)
+    return max(0, resident - shared) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _statm_pages(pid: int | str) -> tuple[int, int]:
+    """(resident, resident shared) pages from /proc/PID/statm: one read, cheap enough for every HealthCheck."""
     try:
         with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
+            fields = f.read().split()
+        return int(fields[1]), int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return 0, 0
 
 
 def _label_sets(metric) -> Iterable[tuple[str, ...]]:

@@ -38,7 +38,7 @@ from edgebox.cameras.sources import FrameSource
 from edgebox.cameras.state import StreamError, StreamFailure, StreamStalled
 from edgebox.cameras.urls import mask_url, parse_source_url
 from edgebox.cli import DECODER_COMMAND, own_command
-from edgebox.metrics import Metrics, process_rss_bytes
+from edgebox.metrics import Metrics, process_private_rss_bytes, process_rss_bytes
 
 log = logging.getLogger("edgebox.decoder")
 
@@ -98,6 +98,12 @@ class CameraDecoder:
         """The decoding process's resident memory; 0 while none runs."""
         pid = self.pid
         return process_rss_bytes(pid) if pid is not None else 0
+
+    def private_resident_bytes(self) -> int:
+        """What the decoding process adds to the engine's memory: its resident memory less the pages it shares
+        (the libraries the engine maps too); 0 while none runs."""
+        pid = self.pid
+        return process_private_rss_bytes(pid) if pid is not None else 0
 
     def open_source(self, url: str, options: CameraOptions) -> FrameSource:
         """The runner's source factory: demo cameras stay on the trio thread, everything else is decoded in the

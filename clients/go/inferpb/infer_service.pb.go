@@ -2234,8 +2234,9 @@ type MetricsResponse struct {
 	AvgInferLatencyMs float64 `protobuf:"fixed64,3,opt,name=avg_infer_latency_ms,json=avgInferLatencyMs,proto3" json:"avg_infer_latency_ms,omitempty"`
 	// GPU utilization 0..100 from NVML; -1 when no NVIDIA GPU is present.
 	GpuUtilization float64 `protobuf:"fixed64,4,opt,name=gpu_utilization,json=gpuUtilization,proto3" json:"gpu_utilization,omitempty"`
-	// Resident memory of the engine process, bytes, with its camera decoding process where engine.camera_decoding
-	// is "process".
+	// Resident memory of the engine process, bytes, plus what its camera decoding process adds where
+	// engine.camera_decoding is "process" (its resident memory less the pages it shares with the engine, such as
+	// the libraries both map, so that those count once).
 	MemoryUsageBytes int64 `protobuf:"varint,5,opt,name=memory_usage_bytes,json=memoryUsageBytes,proto3" json:"memory_usage_bytes,omitempty"`
 	// Same as total_infer_requests, without saturation.
 	TotalInferRequests_64 uint64 `protobuf:"varint,6,opt,name=total_infer_requests_64,json=totalInferRequests64,proto3" json:"total_infer_requests_64,omitempty"`

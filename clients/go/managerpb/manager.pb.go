@@ -681,7 +681,8 @@ type NodeMetrics struct {
 	QueueDepth uint32 `protobuf:"varint,10,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
 	// Sampled camera frames dropped by the scheduler's overflow policy.
 	FramesDropped uint64 `protobuf:"varint,11,opt,name=frames_dropped,json=framesDropped,proto3" json:"frames_dropped,omitempty"`
-	// Resident memory of the engine process, bytes.
+	// Resident memory of the engine process, bytes, as GetMetrics' memory_usage_bytes (with what its camera
+	// decoding process adds).
 	MemoryUsageBytes int64 `protobuf:"varint,12,opt,name=memory_usage_bytes,json=memoryUsageBytes,proto3" json:"memory_usage_bytes,omitempty"`
 	// GPU utilization 0..100; -1 when no NVIDIA GPU is present.
 	GpuUtilization float64 `protobuf:"fixed64,13,opt,name=gpu_utilization,json=gpuUtilization,proto3" json:"gpu_utilization,omitempty"`

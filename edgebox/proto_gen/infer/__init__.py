@@ -920,8 +920,9 @@ class MetricsResponse(betterproto2.Message):
 
     memory_usage_bytes: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
     """
-    Resident memory of the engine process, bytes, with its camera decoding process where engine.camera_decoding
-    is "process".
+    Resident memory of the engine process, bytes, plus what its camera decoding process adds where
+    engine.camera_decoding is "process" (its resident memory less the pages it shares with the engine, such as
+    the libraries both map, so that those count once).
     """
 
     total_infer_requests_64: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)

@@ -344,7 +344,8 @@ class NodeMetrics(betterproto2.Message):
 
     memory_usage_bytes: "int" = betterproto2.field(12, betterproto2.TYPE_INT64)
     """
-    Resident memory of the engine process, bytes.
+    Resident memory of the engine process, bytes, as GetMetrics' memory_usage_bytes (with what its camera
+    decoding process adds).
     """
 
     gpu_utilization: "float" = betterproto2.field(13, betterproto2.TYPE_DOUBLE)
